@@ -1,0 +1,7 @@
+"""``python -m strata`` runs the CLI."""
+
+from __future__ import annotations
+
+from strata.cli.main import main
+
+main()

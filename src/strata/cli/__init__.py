@@ -1,0 +1,5 @@
+"""strata.cli."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""strata.lazy."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
