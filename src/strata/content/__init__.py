@@ -1,5 +1,25 @@
-"""strata.content."""
+"""The content-addressable blob store, its leases and its garbage collector."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from strata.content.gc import GCResult as GCResult
+from strata.content.gc import collect as collect
+from strata.content.lease import Lease as Lease
+from strata.content.lease import LeaseManager as LeaseManager
+from strata.content.store import BlobInfo as BlobInfo
+from strata.content.store import BlobWriter as BlobWriter
+from strata.content.store import ContentStore as ContentStore
+from strata.content.store import IngestInfo as IngestInfo
+from strata.content.store import LocalStore as LocalStore
+
+__all__ = [
+    "BlobInfo",
+    "BlobWriter",
+    "ContentStore",
+    "GCResult",
+    "IngestInfo",
+    "Lease",
+    "LeaseManager",
+    "LocalStore",
+    "collect",
+]

@@ -1,0 +1,627 @@
+"""``Engine(root)``: one method per CLI verb, returning data (go-containerregistry ``crane``).
+
+The engine wires the stores under one root directory::
+
+    <root>/content/     blobs, ingests, leases (strata.content)
+    <root>/images.db    image records and layer facts (strata.images)
+    <root>/tmp/         scratch space on the same filesystem
+
+The CLI parses arguments, calls one method, and renders what it returns; everything here is
+usable from Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from strata import content as content_pkg
+from strata import images as images_pkg
+from strata.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidContent,
+    NotFound,
+    StrataError,
+)
+from strata.images import (
+    DiskUsage,
+    ImageFacts,
+    ImageRecord,
+    ImageStore,
+    ImageSummary,
+    ImportOptions,
+    LocalImage,
+    SaveFormat,
+    SaveItem,
+)
+from strata.layers import ApplyOptions
+from strata.oci import (
+    ContainerConfig,
+    Digest,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    Reference,
+    mediatypes,
+)
+from strata.oci._json import JSONObject
+from strata.progress import Progress, no_progress
+
+__all__ = [
+    "Engine",
+    "FsckReport",
+    "HistoryItem",
+    "ImageInspect",
+    "PruneReport",
+    "RemoveEvent",
+    "default_root",
+]
+
+
+def default_root() -> Path:
+    """``$STRATA_ROOT``, else ``/var/lib/strata`` as root and ``~/.local/share/strata`` otherwise."""
+    env = os.environ.get("STRATA_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/strata")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "strata"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    """One row of ``history`` (docker's ``HistoryResponseItem``): newest first."""
+
+    id: str  # the image ID for the top row, "<missing>" below (docker, for loaded images)
+    created: dt.datetime | None
+    created_by: str
+    size: int
+    comment: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveEvent:
+    """``Untagged: name`` or ``Deleted: digest``, as docker prints while removing."""
+
+    action: str
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    events: tuple[RemoveEvent, ...]
+    reclaimed: int
+
+
+@dataclass(frozen=True, slots=True)
+class FsckReport:
+    """What ``system fsck`` checked and the problems it found (empty: consistent)."""
+
+    blobs: int
+    images: int
+    problems: tuple[str, ...]
+    ingests: int
+    unreferenced: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInspect:
+    """``image inspect`` for one image, in docker's JSON shape (``to_json``)."""
+
+    summary: ImageSummary
+    config: ImageConfig
+    manifest: Manifest
+    manifest_digest: Digest
+    last_tag_time: dt.datetime | None
+
+    def to_json(self) -> JSONObject:
+        cfg = self.config
+        created = cfg.created or ""
+        out: JSONObject = {
+            "Id": str(self.summary.id),
+            "RepoTags": list(self.summary.repo_tags),
+            "RepoDigests": list(self.summary.repo_digests),
+            "Parent": "",
+            "Comment": cfg.comment or "",
+            "Created": created,
+            "Container": cfg.container or "",
+            "ContainerConfig": (cfg.container_config or ContainerConfig()).to_docker_json(),
+            "DockerVersion": cfg.docker_version or "",
+            "Author": cfg.author or "",
+            "Config": cfg.config.to_docker_json() if cfg.config is not None else None,
+            "Architecture": cfg.architecture,
+        }
+        if cfg.variant:
+            out["Variant"] = cfg.variant
+        out["Os"] = cfg.os
+        if cfg.os_version:
+            out["OsVersion"] = cfg.os_version
+        out.update({
+            "Size": self.summary.size,
+            "VirtualSize": self.summary.size,
+            "GraphDriver": {"Data": None, "Name": "strata"},
+            "RootFS": {"Type": cfg.rootfs.type,
+                       "Layers": [str(d) for d in cfg.rootfs.diff_ids]},
+            "Metadata": {"LastTagTime": _go_time(self.last_tag_time)},
+            "Descriptor": {"mediaType": self.manifest.media_type,
+                           "digest": str(self.manifest_digest)},
+        })
+        return out
+
+
+def _go_time(when: dt.datetime | None) -> str:
+    if when is None:
+        return "0001-01-01T00:00:00Z"
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class _Resolved:
+    image: LocalImage
+    records: list[ImageRecord] = field(default_factory=list)
+    by_id: bool = False
+
+
+class Engine:
+    """All of strata's verbs over one store root."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.root / "tmp"
+            self.tmp.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot use store root {self.root}: {exc.strerror}") from exc
+        self.content = content_pkg.LocalStore(self.root / "content")
+        self.images = ImageStore(self.root / "images.db")
+
+    # -- lookup ----------------------------------------------------------------------
+    def _all(self) -> list[ImageFacts]:
+        out: list[ImageFacts] = []
+        for record in self.images.walk():
+            try:
+                image = LocalImage(self.content, record.target)
+                out.append(ImageFacts(record, image.id, image.config()))
+            except StrataError:
+                continue
+        return out
+
+    def resolve(self, name: str) -> _Resolved:
+        """Find an image by name, ``name@digest``, image ID, or unique ID prefix (docker).
+
+        Raises:
+            NotFound: ``No such image: NAME``.
+        """
+        records = list(self.images.walk())
+        # 1. A reference (tagged or by digest).
+        ref: Reference | None = None
+        with contextlib.suppress(InvalidArgument):
+            ref = Reference.parse(name)
+        if ref is not None:
+            if ref.digest is not None:
+                for record in records:
+                    rr = record.reference
+                    if record.target.digest == ref.digest and (rr is None or rr.name == ref.name):
+                        image = LocalImage(self.content, record.target)
+                        return _Resolved(image, [r for r in records
+                                                 if r.target.digest == record.target.digest])
+            else:
+                found = self.images.find(str(ref))
+                if found is not None:
+                    image = LocalImage(self.content, found.target)
+                    return _Resolved(image, [found])
+        # 2. An image ID or a unique prefix of one.
+        hexpart = name.removeprefix("sha256:")
+        if hexpart and all(c in "0123456789abcdef" for c in hexpart):
+            matches: dict[Digest, list[ImageRecord]] = {}
+            for record in records:
+                try:
+                    image = LocalImage(self.content, record.target)
+                except StrataError:
+                    continue
+                if image.id.hex.startswith(hexpart):
+                    matches.setdefault(image.id, []).append(record)
+            if len(matches) == 1:
+                (group,) = matches.values()
+                return _Resolved(LocalImage(self.content, group[0].target), group, by_id=True)
+            if len(matches) > 1:
+                raise InvalidArgument(f"ambiguous image ID prefix {name!r}: matches"
+                                      f" {len(matches)} images")
+        raise NotFound(f"No such image: {name}")
+
+    # -- listing ---------------------------------------------------------------------
+    def disk_usage(self) -> DiskUsage:
+        """Images grouped by ID with docker's sizes, and the size of all layers."""
+        return images_pkg.summarize(self._all(), self.images.layers())
+
+    def images_list(self, reference: str | None = None) -> list[ImageSummary]:
+        """``images [REPOSITORY[:TAG]]``: summaries, newest first."""
+        summaries = list(self.disk_usage().images)
+        if reference is None:
+            return summaries
+        ref = Reference.parse(reference, default_tag=False)
+        out = []
+        for s in summaries:
+            for record in s.records:
+                rr = record.reference
+                if rr is not None and rr.name == ref.name and (ref.tag is None or rr.tag == ref.tag):
+                    out.append(s)
+                    break
+        return out
+
+    def inspect(self, name: str) -> ImageInspect:
+        resolved = self.resolve(name)
+        image_id = resolved.image.id
+        summary = next(s for s in self.disk_usage().images if s.id == image_id)
+        last = max((r.updated_at for r in summary.records), default=0.0)
+        return ImageInspect(
+            summary=summary,
+            config=resolved.image.config(),
+            manifest=resolved.image.manifest(),
+            manifest_digest=resolved.image.manifest_digest,
+            last_tag_time=dt.datetime.fromtimestamp(last, dt.UTC) if last else None,
+        )
+
+    def history(self, name: str) -> list[HistoryItem]:
+        """docker's ``ImageHistory``: config history newest first, layer sizes by chainID.
+
+        The top row carries the image ID; rows below are ``<missing>`` since strata keeps no
+        parent-image chain for loaded images (docker does the same after ``docker load``).
+        """
+        resolved = self.resolve(name)
+        config = resolved.image.config()
+        layers = self.images.layers()
+        rows: list[HistoryItem] = []
+        diff_ids = config.rootfs.diff_ids
+        counter = 0
+        for entry in config.history:
+            size = 0
+            if not entry.empty_layer:
+                if counter >= len(diff_ids):
+                    raise InvalidContent(f"image {resolved.image.id.short()}: too many non-empty"
+                                         " layers in History section")
+                facts = layers.get(diff_ids[counter])
+                size = facts.disk_size if facts else 0
+                counter += 1
+            rows.insert(0, HistoryItem("<missing>", entry.created_at, entry.created_by or "",
+                                       size, entry.comment or ""))
+        if rows:
+            summary_tags = sorted({r.reference.familiar() for r in resolved.records
+                                   if r.reference is not None and r.reference.tag})
+            top = rows[0]
+            rows[0] = HistoryItem(str(resolved.image.id), top.created, top.created_by, top.size,
+                                  top.comment, tuple(summary_tags))
+        return rows
+
+    # -- naming ----------------------------------------------------------------------
+    def tag(self, source: str, target: str) -> Reference:
+        resolved = self.resolve(source)
+        ref = Reference.parse(target)
+        if ref.digest is not None:
+            raise InvalidArgument(f"refusing to create a tag with a digest reference: {target}")
+        self.images.put(ImageRecord(str(ref), resolved.image.target))
+        return ref
+
+    def remove(self, names: Sequence[str], *, force: bool = False) -> list[RemoveEvent]:
+        """``rmi``: untag, and delete the image once no name is left (docker's rules).
+
+        Raises:
+            NotFound: an image does not exist.
+            FailedPrecondition: an image ID with several names, without ``force``.
+        """
+        events: list[RemoveEvent] = []
+        for name in names:
+            resolved = self.resolve(name)
+            image = resolved.image
+            all_records = [r for r in self.images.walk()
+                           if _image_id(self.content, r) == image.id]
+            if resolved.by_id:
+                named = [r for r in all_records if not r.dangling]
+                if len({r.name for r in named}) > 1 and not force:
+                    raise FailedPrecondition(
+                        f"conflict: unable to delete {image.id.short()} (must be forced) - image"
+                        " is referenced in multiple repositories"
+                    )
+                targets = all_records
+            else:
+                targets = resolved.records
+            for record in targets:
+                self.images.delete(record.name)
+                if not record.dangling and record.reference is not None:
+                    events.append(RemoveEvent("Untagged", record.reference.familiar()))
+            left = [r for r in self.images.walk() if _image_id(self.content, r) == image.id]
+            if not left:
+                events.append(RemoveEvent("Deleted", str(image.id)))
+        if events:
+            self.collect_garbage()
+        return events
+
+    def prune(self, *, all_images: bool = False) -> PruneReport:
+        """``image prune``: remove dangling images (``all_images``: every image)."""
+        events: list[RemoveEvent] = []
+        before = sum(b.size for b in self.content.walk())
+        removed_ids: set[Digest] = set()
+        for record in list(self.images.walk()):
+            if not all_images and not record.dangling:
+                continue
+            image_id = _image_id(self.content, record)
+            self.images.delete(record.name)
+            if not record.dangling and record.reference is not None:
+                events.append(RemoveEvent("untagged", record.reference.familiar()))
+            if image_id is not None and image_id not in removed_ids:
+                left = [r for r in self.images.walk() if _image_id(self.content, r) == image_id]
+                if not left:
+                    removed_ids.add(image_id)
+                    events.append(RemoveEvent("deleted", str(image_id)))
+        self.collect_garbage()
+        after = sum(b.size for b in self.content.walk())
+        return PruneReport(tuple(events), max(0, before - after))
+
+    def collect_garbage(self, *, dry_run: bool = False) -> content_pkg.GCResult:
+        """Remove blobs and layer facts no image record reaches."""
+        roots = [r.target.digest for r in self.images.walk()]
+
+        def refs(digest: Digest) -> list[Digest]:
+            try:
+                raw = self.content.read(digest)
+            except StrataError:
+                return []
+            try:
+                kind = mediatypes_sniff(raw)
+            except StrataError:
+                return []
+            if kind == "index":
+                return [d.digest for d in Index.parse(raw).manifests]
+            if kind == "manifest":
+                m = Manifest.parse(raw)
+                return [m.config.digest, *(layer.digest for layer in m.layers)]
+            return []
+
+        result = content_pkg.collect(self.content, roots, refs, dry_run=dry_run)
+        if not dry_run:
+            self.images.forget_layers(images_pkg.used_diff_ids(self._all()))
+        return result
+
+    # -- moving images in and out -------------------------------------------------------
+    def load(self, source: Path | BinaryIO, *, platform: Platform | None = None,
+             progress: Progress = no_progress) -> list[images_pkg.LoadedImage]:
+        """``load -i``: an OCI layout (dir or tar) or a docker-archive; format detected."""
+        return images_pkg.load(self.content, self.images, source, platform=platform,
+                               progress=progress)
+
+    def save(self, names: Sequence[str], output: Path | None, *,
+             format: str = SaveFormat.DOCKER_ARCHIVE) -> None:
+        """``save``: ``docker-archive`` (default, as docker), ``oci-archive``, or ``oci`` (a dir).
+
+        With ``output`` None the archive goes to stdout.
+
+        Raises:
+            InvalidArgument: unknown format, or ``oci`` without an output directory.
+        """
+        if format not in SaveFormat.ALL:
+            raise InvalidArgument(f"unknown save format {format!r} (use one of"
+                                  f" {', '.join(SaveFormat.ALL)})")
+        items: list[SaveItem] = []
+        for name in names:
+            resolved = self.resolve(name)
+            chosen: list[Reference] = []
+            with contextlib.suppress(InvalidArgument):
+                asked = Reference.parse(name)
+                if not asked.digest and any(r.name == str(asked) for r in resolved.records):
+                    chosen = [asked]
+            if not chosen:
+                chosen = [r.reference for r in resolved.records
+                          if r.reference is not None and r.reference.tag]
+            items.append(SaveItem(resolved.image, tuple(chosen)))
+        if format == SaveFormat.OCI_DIR:
+            if output is None:
+                raise InvalidArgument("--format oci writes a directory: give it with -o")
+            images_pkg.write_oci_dir(self.content, items, output)
+            return
+        with self._output(output) as out:
+            if format == SaveFormat.OCI_ARCHIVE:
+                images_pkg.write_oci_archive(self.content, items, out)
+            else:
+                images_pkg.write_docker_archive(self.content, self.images, items, out,
+                                                tmpdir=self.tmp)
+
+    @contextlib.contextmanager
+    def _output(self, output: Path | None) -> Iterator[BinaryIO]:
+        if output is None:
+            yield sys.stdout.buffer
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out
+            os.replace(tmp, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def import_rootfs(self, source: BinaryIO, *, reference: str | None = None,
+                      message: str = "", changes: Sequence[str] = (),
+                      platform: Platform | None = None) -> images_pkg.ImportResult:
+        """``import``: a rootfs tarball becomes a one-layer image."""
+        ref = Reference.parse(reference) if reference else None
+        config = _apply_changes(ContainerConfig(), changes) if changes else None
+        return images_pkg.import_rootfs(
+            self.content, self.images, source,
+            ImportOptions(reference=ref, message=message, config=config, platform=platform),
+        )
+
+    def unpack(self, name: str, dest: Path) -> list[Digest]:
+        """``unpack IMAGE DIR``: the image's rootfs written into DIR (as ``umoci unpack``).
+
+        Raises:
+            AlreadyExists: DIR exists and is not empty.
+        """
+        if dest.exists() and any(dest.iterdir()):
+            raise AlreadyExists(f"unpack target {dest} exists and is not empty")
+        resolved = self.resolve(name)
+        created = not dest.exists()
+        try:
+            stats = images_pkg.unpack(resolved.image, dest, options=ApplyOptions())
+        except BaseException:
+            if created:
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
+        for layer_stats in stats:
+            if self.images.layer(layer_stats.diff_id) is None:
+                self.images.put_layer(images_pkg.LayerFacts(
+                    layer_stats.diff_id, layer_stats.size, layer_stats.disk_size,
+                    layer_stats.entries))
+        return [s.diff_id for s in stats]
+
+    # -- consistency -----------------------------------------------------------------
+    def fsck(self) -> FsckReport:
+        """Verify every blob's digest and that every image record's graph is complete."""
+        problems: list[str] = []
+        blobs = 0
+        present: dict[Digest, int] = {}
+        for info in self.content.walk():
+            blobs += 1
+            present[info.digest] = info.size
+            actual = self.content.verify(info.digest)
+            if actual != info.digest:
+                problems.append(f"blob {info.digest}: content has digest {actual} (corrupt)")
+        reachable: set[Digest] = set()
+        records = list(self.images.walk())
+        for record in records:
+            problems.extend(self._check_record(record, present, reachable))
+        ingests = sum(1 for _ in self.content.ingests())
+        unreferenced = sum(1 for d in present if d not in reachable)
+        return FsckReport(blobs, len(records), tuple(problems), ingests, unreferenced)
+
+    def _check_record(self, record: ImageRecord, present: dict[Digest, int],
+                      reachable: set[Digest]) -> list[str]:
+        problems: list[str] = []
+        label = f"image {record.name}"
+
+        def check(desc_digest: Digest, size: int, what: str) -> bool:
+            reachable.add(desc_digest)
+            if desc_digest not in present:
+                problems.append(f"{label}: {what} {desc_digest} is missing")
+                return False
+            if present[desc_digest] != size:
+                problems.append(f"{label}: {what} {desc_digest} has {present[desc_digest]} bytes,"
+                                f" the descriptor says {size}")
+                return False
+            return True
+
+        target = record.target
+        if not check(target.digest, target.size, "manifest"):
+            return problems
+        try:
+            if mediatypes.is_index(target.media_type):
+                index = Index.parse(self.content.read(target.digest))
+                for entry in index.manifests:
+                    check(entry.digest, entry.size, "manifest")
+                target = images_pkg.resolve_manifest(self.content, target)
+            manifest = Manifest.parse(self.content.read(target.digest))
+            if check(manifest.config.digest, manifest.config.size, "config"):
+                config = ImageConfig.parse(self.content.read(manifest.config.digest))
+                if len(config.rootfs.diff_ids) != len(manifest.layers):
+                    problems.append(f"{label}: manifest and config disagree on the layer count")
+            for layer in manifest.layers:
+                check(layer.digest, layer.size, "layer")
+        except StrataError as exc:
+            problems.append(f"{label}: {exc}")
+        return problems
+
+
+def mediatypes_sniff(raw: bytes) -> str:
+    """``index``, ``manifest`` or ``other`` for a blob's bytes."""
+    if not raw.startswith(b"{"):
+        return "other"
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return "other"
+    if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
+        return "other"
+    kind = obj.get("mediaType")
+    if kind in mediatypes.INDEX_TYPES or (kind is None and "manifests" in obj):
+        return "index"
+    if kind in mediatypes.IMAGE_MANIFEST_TYPES or (kind is None and "config" in obj):
+        return "manifest"
+    return "other"
+
+
+def _image_id(store: content_pkg.LocalStore, record: ImageRecord) -> Digest | None:
+    try:
+        return LocalImage(store, record.target).id
+    except StrataError:
+        return None
+
+
+def _apply_changes(config: ContainerConfig, changes: Sequence[str]) -> ContainerConfig:
+    """Apply ``--change`` Dockerfile instructions (CMD, ENTRYPOINT, ENV, ...) to a config."""
+    from dataclasses import replace
+
+    for change in changes:
+        keyword, _, rest = change.strip().partition(" ")
+        keyword = keyword.upper()
+        rest = rest.strip()
+
+        def words(text: str) -> tuple[str, ...]:
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except ValueError as exc:
+                    raise InvalidArgument(f"--change {change!r}: bad JSON array") from exc
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise InvalidArgument(f"--change {change!r}: expected an array of strings")
+                return tuple(value)
+            return ("/bin/sh", "-c", text)
+
+        if keyword == "CMD":
+            config = replace(config, cmd=words(rest))
+        elif keyword == "ENTRYPOINT":
+            config = replace(config, entrypoint=words(rest))
+        elif keyword == "ENV":
+            key, sep, value = rest.partition("=")
+            if not sep:
+                key, _, value = rest.partition(" ")
+            config = replace(config, env=(*(config.env or ()), f"{key}={value.strip()}"))
+        elif keyword == "WORKDIR":
+            config = replace(config, working_dir=rest)
+        elif keyword == "USER":
+            config = replace(config, user=rest)
+        elif keyword == "EXPOSE":
+            ports = tuple(p if "/" in p else f"{p}/tcp" for p in rest.split())
+            config = replace(config, exposed_ports=tuple(sorted({*(config.exposed_ports or ()),
+                                                                  *ports})))
+        elif keyword == "LABEL":
+            key, _, value = rest.partition("=")
+            config = replace(config, labels={**(config.labels or {}), key: value.strip('"')})
+        elif keyword == "VOLUME":
+            vols = tuple(json.loads(rest)) if rest.startswith("[") else tuple(rest.split())
+            config = replace(config, volumes=tuple(sorted({*(config.volumes or ()), *vols})))
+        elif keyword == "STOPSIGNAL":
+            config = replace(config, stop_signal=rest)
+        else:
+            raise InvalidArgument(f"--change: {keyword} is not supported (CMD, ENTRYPOINT, ENV,"
+                                  " EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR)")
+    return config
