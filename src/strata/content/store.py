@@ -164,6 +164,14 @@ class _Writer:
         self.offset += written
         return written
 
+    def flush(self) -> None:
+        """Push buffered bytes to the ingest file (not a durability point; commit is)."""
+        if not self._closed:
+            self._file.flush()
+
+    def writable(self) -> bool:
+        return True
+
     def commit(self, size: int | None = None, digest: Digest | None = None) -> Descriptor:
         """Verify and publish the blob.
 

@@ -127,19 +127,25 @@ class _Session:
         self.progress = progress
         self.added: list[Digest] = []
 
-    def ingest(self, stream: BinaryIO, expected: Descriptor | None, what: str) -> Descriptor:
-        """Stream into the store; verify against ``expected`` when given."""
+    def ingest(self, stream: BinaryIO, expected: Descriptor | None, what: str, *,
+               resumable: bool = False) -> Descriptor:
+        """Stream into the store; verify against ``expected`` when given.
+
+        Args:
+            resumable: ``stream`` is a seekable file: an ingest left by an interrupted load
+                continues where it stopped instead of starting over.
+        """
         if expected is not None and self.content.exists(expected.digest):
             self.content.leases.add_current(expected.digest)
             self.progress(ProgressEvent(expected.digest.short(), Stage.EXISTS, expected.size,
                                         expected.size))
             return expected
-        ref = f"load-{expected.digest}" if expected else f"load-{what}-{os.getpid()}"
+        ref = f"load-{expected.digest}" if expected else f"load-member-{what}"
         writer = self.content.writer(ref, expected)
         try:
             if writer.offset:
                 # Resume: a blob from a seekable source continues where the ingest stopped.
-                if stream.seekable():
+                if resumable:
                     stream.seek(writer.offset)
                 else:
                     writer.abort()
@@ -193,7 +199,7 @@ def _load_oci_dir(session: _Session, root: Path, platform: Platform | None) -> l
         path = _layout_blob_path(root, desc.digest)
         try:
             with open(path, "rb") as f:
-                session.ingest(f, desc, desc.digest.short())
+                session.ingest(f, desc, desc.digest.short(), resumable=True)
         except FileNotFoundError as exc:
             raise NotFound(f"the layout names blob {desc.digest} but {path} does not exist") from exc
 

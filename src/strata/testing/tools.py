@@ -18,16 +18,20 @@ import contextlib
 import functools
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn, Self
@@ -36,18 +40,25 @@ __all__ = [
     "ContainersStore",
     "DockerRegistry",
     "Dockerd",
+    "PACKAGES",
+    "StrataCLI",
     "ToolError",
-    "ToolMissing",
+    "ToolMissingError",
+    "acceptable_ages",
     "buildah_bud",
     "buildah_push_oci",
     "containers_store",
     "docker_cli",
     "free_port",
+    "human_duration",
+    "parse_table",
     "podman",
     "require",
     "run",
     "skopeo_copy",
+    "table_columns",
     "umoci_unpack",
+    "unmount_under",
 ]
 
 #: Which Debian package installs each binary, for the skip message.
@@ -103,7 +114,7 @@ class ToolError(Exception):
         super().__init__("\n".join(parts))
 
 
-class ToolMissing(ToolError):
+class ToolMissingError(ToolError):
     """A required binary is absent and pytest is not there to skip the caller."""
 
 
@@ -119,7 +130,7 @@ def _skip(reason: str) -> NoReturn:
     try:
         import pytest
     except ImportError:  # a bench run without pytest
-        raise ToolMissing(reason, cmd=[], returncode=None) from None
+        raise ToolMissingError(reason, cmd=[], returncode=None) from None
     pytest.skip(reason)
 
 
@@ -152,6 +163,7 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     timeout: float | None = 1800,
+    unset: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run a command with captured text output.
 
@@ -162,6 +174,7 @@ def run(
         env: variables to set or override on top of ``os.environ``.
         cwd: working directory.
         timeout: seconds before the command is killed.
+        unset: variables to remove from the environment.
 
     Returns:
         The completed process, ``stdout``/``stderr`` as text.
@@ -170,11 +183,14 @@ def run(
         ToolError: the command failed (with ``check``) or timed out; the message holds its
             stderr and stdout.
     """
+    __tracebackhide__ = True  # pytest shows the ToolError, not this function's source
     argv = [os.fspath(c) for c in cmd]
     argv[0] = require(argv[0])
     full_env = dict(os.environ)
     if env is not None:
         full_env.update(env)
+    for name in unset:
+        full_env.pop(name, None)
     try:
         proc = subprocess.run(
             argv,
@@ -224,16 +240,24 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- containers/*
 
 
+_CONTAINERS_CONFIG = {
+    "policy.json": json.dumps({"default": [{"type": "insecureAcceptAnything"}]}) + "\n",
+    "registries.conf": 'unqualified-search-registries = []\nshort-name-mode = "disabled"\n',
+}
+
+
 @functools.cache
 def _containers_config_dir() -> Path:
-    """Private policy.json and registries.conf, so the host's own never apply."""
-    d = Path(tempfile.mkdtemp(prefix="strata-containers-conf-"))
-    (d / "policy.json").write_text(
-        json.dumps({"default": [{"type": "insecureAcceptAnything"}]}) + "\n"
-    )
-    (d / "registries.conf").write_text(
-        'unqualified-search-registries = []\nshort-name-mode = "disabled"\n'
-    )
+    """Private policy.json and registries.conf, so the host's own never apply (one fixed
+    directory per user, rewritten atomically, so nothing piles up in /tmp)."""
+    d = Path(tempfile.gettempdir()) / f"strata-containers-conf-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    for name, text in _CONTAINERS_CONFIG.items():
+        path = d / name
+        if not path.exists() or path.read_text() != text:
+            tmp = d / f".{name}.{os.getpid()}"
+            tmp.write_text(text)
+            os.replace(tmp, path)
     return d
 
 
@@ -303,10 +327,7 @@ def containers_store(root: Path, runroot: Path, *, driver: str = "overlay") -> C
     runroot.mkdir(parents=True, exist_ok=True)
     store = ContainersStore(root=root, runroot=runroot, driver=driver)
     store.conf.write_text(
-        "[storage]\n"
-        f'driver = "{driver}"\n'
-        f'graphroot = "{root}"\n'
-        f'runroot = "{runroot}"\n'
+        f'[storage]\ndriver = "{driver}"\ngraphroot = "{root}"\nrunroot = "{runroot}"\n'
     )
     return store
 
@@ -323,7 +344,7 @@ def skopeo_copy(
     Args:
         src: source transport reference (``oci:DIR:REF``, ``docker-archive:FILE``, ...).
         dst: destination transport reference. An existing ``docker-archive:`` or
-            ``oci-archive:`` file is replaced.
+            ``oci-archive:`` file is replaced; missing parent directories are made.
         store: the containers-storage store a ``containers-storage:`` side lives in
             (use :meth:`ContainersStore.transport` for the reference).
         extra: more ``skopeo copy`` flags.
@@ -331,10 +352,12 @@ def skopeo_copy(
     Raises:
         ToolError: skopeo failed.
     """
-    for prefix in ("docker-archive:", "oci-archive:"):
+    for prefix in ("docker-archive:", "oci-archive:", "oci:"):
         if dst.startswith(prefix):
             path = Path(dst[len(prefix) :].split(":", 1)[0])
-            path.unlink(missing_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if prefix != "oci:":
+                path.unlink(missing_ok=True)
     env = store.env() if store is not None else _containers_env()
     run(["skopeo", "--policy", _policy(), "copy", "--quiet", *extra, src, dst], env=env)
 
@@ -401,6 +424,8 @@ def buildah_bud(
             "chroot",
             "--layers",
             "--pull=never",
+            "--cap-add",
+            "CAP_MKNOD",
             "--format",
             "oci",
             "--iidfile",
@@ -502,7 +527,9 @@ def _mounts_under(*paths: Path) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
-def _unmount_under(*paths: Path) -> None:
+def unmount_under(*paths: Path) -> None:
+    """Lazily unmount every mount at or below ``paths`` (deepest first), e.g. what
+    containers-storage or dockerd left behind in a private store."""
     for point in _mounts_under(*paths):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
@@ -518,6 +545,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _stop_pid(pid: int, timeout: float) -> None:
+    """Stop a process that is not our child (reaped by someone else) by its id."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -527,6 +555,18 @@ def _stop_pid(pid: int, timeout: float) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _stop_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM our child, SIGKILL it after ``timeout`` seconds, and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
 
 
 class Dockerd:
@@ -663,9 +703,8 @@ class Dockerd:
     def stop(self) -> None:
         """Stop dockerd (SIGTERM, then SIGKILL after 30 s) and the containerd it started,
         unmount whatever it left mounted, and remove the run directory. Idempotent."""
-        if self._proc is not None and self._proc.poll() is None:
-            _stop_pid(self._proc.pid, 30)
-            self._proc.wait()
+        if self._proc is not None:
+            _stop_child(self._proc, 30)
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -676,7 +715,7 @@ class Dockerd:
             pid = int(pidfile.read_text().strip())
             if _pid_alive(pid):  # only the containerd this dockerd started
                 _stop_pid(pid, 10)
-        _unmount_under(self.data_root, self._rundir)
+        unmount_under(self.data_root, self._rundir)
         shutil.rmtree(self._rundir, ignore_errors=True)
         self._rundir = None
 
@@ -798,9 +837,7 @@ class DockerRegistry:
     def stop(self) -> None:
         """Stop the registry. Idempotent."""
         if self._proc is not None:
-            if self._proc.poll() is None:
-                _stop_pid(self._proc.pid, 10)
-            self._proc.wait()
+            _stop_child(self._proc, 10)
             self._proc = None
 
     def __enter__(self) -> Self:
@@ -815,3 +852,133 @@ class DockerRegistry:
     ) -> None:
         self.stop()
 
+
+# --------------------------------------------------------------------------- strata
+
+
+class StrataCLI:
+    """Runs the strata CLI as a user would: ``python -m strata --root ROOT ARGS``.
+
+    ``STRATA_ROOT`` is removed from the environment so only ``--root`` decides the store.
+    Calling it returns the :class:`subprocess.CompletedProcess` (text stdout/stderr) and,
+    with ``check`` (the default), raises :class:`ToolError` showing stderr on a non-zero
+    exit. ``$STRATA_TEST_COMMAND`` (a shell-quoted command line) replaces
+    ``python -m strata``, to run the same tests against another build or a shim.
+    """
+
+    def __init__(
+        self, root: Path, *, command: Sequence[str] | None = None, timeout: float = 900
+    ) -> None:
+        self.root = root
+        self.timeout = timeout
+        override = os.environ.get("STRATA_TEST_COMMAND")
+        if command is not None:
+            self.command = list(command)
+        elif override:
+            self.command = shlex.split(override)
+        else:
+            self.command = [sys.executable, "-m", "strata"]
+
+    def __call__(
+        self, *args: str | os.PathLike[str], check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        __tracebackhide__ = True
+        try:
+            return run(
+                [*self.command, "--root", self.root, *args],
+                check=check,
+                input=input,
+                timeout=self.timeout,
+                unset=("STRATA_ROOT",),
+            )
+        except ToolError as exc:
+            verb = " ".join(os.fspath(a) for a in args[:1])
+            raise ToolError(
+                f"strata {verb} failed",
+                cmd=exc.cmd,
+                returncode=exc.returncode,
+                stdout=exc.stdout,
+                stderr=exc.stderr,
+            ) from None
+
+
+# --------------------------------------------------------------------------- docker output
+
+
+_HEADER_CELL = re.compile(r"\S+(?: \S+)*")
+
+
+def table_columns(text: str) -> list[tuple[int, str]]:
+    """The (start offset, name) of each column in a docker-style table's header line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    merged: list[tuple[int, str]] = []
+    for m in _HEADER_CELL.finditer(lines[0]):
+        merged.append((m.start(), m.group()))
+    return merged
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    """Parse a docker-style table (a header line, then rows aligned to it by tabwriter).
+
+    Cells are cut at the columns where the header's names start (header names are separated
+    by two or more spaces and may contain single spaces: ``IMAGE ID``), so cells may hold
+    runs of spaces and may be empty. Blank lines are skipped.
+
+    Returns:
+        One dict per row, header name → stripped cell.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    merged = table_columns(text)
+    rows: list[dict[str, str]] = []
+    for line in lines[1:]:
+        row: dict[str, str] = {}
+        for i, (start, name) in enumerate(merged):
+            end = merged[i + 1][0] if i + 1 < len(merged) else None
+            row[name] = line[start:end].strip()
+        rows.append(row)
+    return rows
+
+
+def human_duration(seconds: float) -> str:
+    """docker's (go-units ``HumanDuration``) wording for an age, without " ago"."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def acceptable_ages(created: datetime, start: float, end: float, *, slack: float = 60) -> set[str]:
+    """Every CREATED cell (``"N units ago"``) docker could print for ``created`` when the
+    listing ran between the epoch times ``start`` and ``end``, widened by ``slack`` seconds
+    so two commands straddling a boundary both match."""
+    first = start - slack - created.timestamp()
+    last = end + slack - created.timestamp()
+    found: set[str] = set()
+    t = first
+    while t <= last:
+        found.add(human_duration(max(t, 0)) + " ago")
+        t += 0.5
+    found.add(human_duration(max(last, 0)) + " ago")
+    return found

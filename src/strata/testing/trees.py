@@ -260,9 +260,7 @@ def diff(
     return out
 
 
-def assert_same_tree(
-    a: Path, b: Path, *, include_root: bool = True, max_report: int = 50
-) -> None:
+def assert_same_tree(a: Path, b: Path, *, include_root: bool = True, max_report: int = 50) -> None:
     """Fail unless the trees at ``a`` and ``b`` are identical (timestamps aside).
 
     Args:
