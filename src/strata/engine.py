@@ -135,12 +135,14 @@ class ImageInspect:
     def to_json(self) -> JSONObject:
         cfg = self.config
         created = cfg.created or ""
+        # moby daemon/images/image_inspect: the config's comment, else the last history entry's.
+        comment = cfg.comment or (cfg.history[-1].comment if cfg.history else None) or ""
         out: JSONObject = {
             "Id": str(self.summary.id),
             "RepoTags": list(self.summary.repo_tags),
             "RepoDigests": list(self.summary.repo_digests),
             "Parent": "",
-            "Comment": cfg.comment or "",
+            "Comment": comment,
             "Created": created,
             "Container": cfg.container or "",
             "ContainerConfig": (cfg.container_config or ContainerConfig()).to_docker_json(),

@@ -36,7 +36,7 @@ def df_cmd(ctx: click.Context, verbose: bool) -> None:
         if s.repo_tags:
             repo, _, tag = s.repo_tags[0].rpartition(":")
         rows.append([repo, tag, render.truncate_id(str(s.id)), render.since(s.created),
-                     render.human_size(s.size, 3), render.human_size(s.shared_size),
+                     render.human_size(s.size), render.human_size(s.shared_size),
                      render.human_size(s.unique_size), str(s.containers)])
     out = ["Images space usage:\n\n"]
     out.append(render.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",

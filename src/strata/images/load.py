@@ -169,6 +169,14 @@ class _Session:
         media_type = expected.media_type if expected else desc.media_type
         return Descriptor(media_type, desc.digest, desc.size)
 
+    def put(self, data: bytes, media_type: str = "application/octet-stream") -> Descriptor:
+        """Store small bytes made during the load (remembered for rollback)."""
+        existed = self.content.exists(Digest.of(data))
+        desc = self.content.put(data, media_type)
+        if not existed:
+            self.added.append(desc.digest)
+        return desc
+
     def rollback(self, lease_id: str) -> None:
         others = self.content.leases.protected(exclude=lease_id)
         for digest in self.added:
@@ -361,14 +369,14 @@ def _docker_archive_images(session: _Session, contents: _TarContents) -> list[Im
         ) or not isinstance(tags, list):
             raise InvalidContent(f"malformed {what}: Config/Layers/RepoTags", path="manifest.json")
         raw_config = _member_bytes(session, contents, config_name)
-        config_desc = session.content.put(raw_config, mediatypes.OCI_CONFIG)
+        config_desc = session.put(raw_config, mediatypes.OCI_CONFIG)
         ImageConfig.parse(raw_config, f"{what} config {config_name}")
         layers: list[Descriptor] = []
         for name in layer_names:
             assert isinstance(name, str)
             real = contents.resolve(name)
             if real in contents.small:
-                desc = session.content.put(contents.small[real])
+                desc = session.put(contents.small[real])
             elif real in contents.blobs:
                 desc = contents.blobs[real]
             else:

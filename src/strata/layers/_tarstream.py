@@ -170,8 +170,17 @@ class TarReader:
     :meth:`finish` to hash the rest of the stream.
     """
 
-    __slots__ = ("_buf", "_done", "_hash", "_pad", "_pending", "_pending_name", "_pos", "_stream",
-                 "size")
+    __slots__ = (
+        "_buf",
+        "_done",
+        "_hash",
+        "_pad",
+        "_pending",
+        "_pending_name",
+        "_pos",
+        "_stream",
+        "size",
+    )
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
@@ -277,8 +286,7 @@ class TarReader:
         got = self._consume(want, fd)
         if got != want:
             raise InvalidContent(
-                f"unexpected end of data in member {self._pending_name!r} "
-                f"({got} of {want} bytes)",
+                f"unexpected end of data in member {self._pending_name!r} ({got} of {want} bytes)",
                 path=self._pending_name,
             )
 
@@ -440,9 +448,7 @@ class TarReader:
             mapped = _TYPES.get(flag)
             if mapped is None:
                 what = "sparse member" if flag == b"S" else f"member type {flag!r}"
-                raise InvalidContent(
-                    f"unsupported {what} {name!r} at offset {offset}", path=name
-                )
+                raise InvalidContent(f"unsupported {what} {name!r} at offset {offset}", path=name)
             kind = mapped
         if kind != REG:
             size = 0

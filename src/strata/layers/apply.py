@@ -158,17 +158,18 @@ class _Applier:
         return (mtime if atime is None else atime), mtime
 
     def set_xattrs(self, target: int | str, member: Member, *, clear: bool) -> None:
+        follow = isinstance(target, int)  # an fd: "following" is meaningless but required
         if clear:
-            for key in os.listxattr(target, follow_symlinks=False):
+            for key in os.listxattr(target, follow_symlinks=follow):
                 if key not in _IGNORED_XATTRS and not key.startswith(OVERLAY_XATTR_PREFIX):
-                    os.removexattr(target, key, follow_symlinks=False)
+                    os.removexattr(target, key, follow_symlinks=follow)
         if not member.xattrs:
             return
         for key, value in member.xattrs.items():
             if key in _IGNORED_XATTRS or key.startswith(OVERLAY_XATTR_PREFIX):
                 continue
             try:
-                os.setxattr(target, key, value, follow_symlinks=False)
+                os.setxattr(target, key, value, follow_symlinks=follow)
             except OSError as exc:
                 if exc.errno == errno.EOPNOTSUPP:
                     continue  # the filesystem has no xattrs: umoci warns and goes on
@@ -438,6 +439,4 @@ def apply(root: Path, tar: BinaryIO, options: ApplyOptions | None = None) -> Lay
         applier.restore_dir_times()
     except OSError as exc:
         raise _os_error(".", exc) from exc
-    return LayerStats(
-        diff_id=diff_id, size=size, entries=entries, disk_size=applier.usage.total()
-    )
+    return LayerStats(diff_id=diff_id, size=size, entries=entries, disk_size=applier.usage.total())

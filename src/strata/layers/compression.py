@@ -274,7 +274,9 @@ class CompressedWriter:
         digest, size = w.finish()
     """
 
-    def __init__(self, out: BinaryIO, compression: Compression, *, level: int | None = None) -> None:
+    def __init__(
+        self, out: BinaryIO, compression: Compression, *, level: int | None = None
+    ) -> None:
         """Args:
         out: where the compressed bytes go.
         compression: the format.

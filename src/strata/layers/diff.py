@@ -300,9 +300,7 @@ def diff(
         raise
     except OSError as exc:
         if exc.filename is not None:
-            raise FailedPrecondition(
-                f"diff: cannot read {exc.filename}: {exc.strerror}"
-            ) from exc
+            raise FailedPrecondition(f"diff: cannot read {exc.filename}: {exc.strerror}") from exc
         raise Unavailable(f"diff: writing the layer failed: {exc}", retryable=False) from exc
     return LayerStats(
         diff_id=diff_id, size=size, entries=writer.entries, disk_size=emitter.usage.total()

@@ -67,16 +67,26 @@ class _DiskUsage:
             for key in [k for k in self._paths if k.startswith(prefix)]:
                 del self._paths[key]
 
+    def _place(self, path: str) -> None:
+        """Make room for a new entry at ``path``: implicit parents, no old directory."""
+        paths = self._paths
+        if paths.get(path) == _DIR:
+            self._drop(path)
+        parent = path.rpartition("/")[0]
+        while parent and parent not in paths:
+            paths[parent] = _DIR
+            parent = parent.rpartition("/")[0]
+
     def file(self, path: str, size: int) -> None:
         """A non-directory of ``size`` bytes (0 for devices, fifos, whiteouts) at ``path``."""
-        if self._paths.get(path) == _DIR:
-            self._drop(path)
+        self._place(path)
         self._paths[path] = len(self._sizes)
         self._sizes.append(size)
 
     def directory(self, path: str) -> None:
         """A directory at ``path`` (its existing children stay if it was one already)."""
         if path and self._paths.get(path) != _DIR:
+            self._place(path)
             self._paths[path] = _DIR
 
     def link(self, path: str, target: str) -> None:
@@ -85,8 +95,7 @@ class _DiskUsage:
         if inode is None or inode == _DIR:
             self.file(path, 0)
             return
-        if self._paths.get(path) == _DIR:
-            self._drop(path)
+        self._place(path)
         self._paths[path] = inode
 
     def whiteout(self, path: str) -> None:
