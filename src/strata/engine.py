@@ -587,7 +587,7 @@ def _apply_changes(config: ContainerConfig, changes: Sequence[str]) -> Container
         keyword = keyword.upper()
         rest = rest.strip()
 
-        def words(text: str) -> tuple[str, ...]:
+        def words(text: str, change: str = change) -> tuple[str, ...]:
             if text.startswith("["):
                 try:
                     value = json.loads(text)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from rich.progress import TaskID
+
 from strata.progress import ProgressEvent, Stage
 
 __all__ = [
@@ -121,7 +123,7 @@ class LayerProgress:
             TextColumn("{task.fields[item]}"), TextColumn("{task.description}"), BarColumn(),
             DownloadColumn(), console=err_console, transient=False,
         )
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> LayerProgress:
         if self.enabled:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from strata.content import LocalStore
 from strata.errors import StrataError
@@ -93,7 +93,7 @@ def import_rootfs(
             writer.abort()
             writer = content.writer(ref)
         try:
-            sink = CompressedWriter(writer, Compression.GZIP)
+            sink = CompressedWriter(cast(BinaryIO, writer), Compression.GZIP)
             with open_decompressed(source) as raw:
                 stats: LayerStats = scan(_Tee(raw, sink))  # type: ignore[arg-type]
             sink.finish()

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import tarfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from strata.content import LocalStore
 from strata.errors import (
@@ -284,7 +283,7 @@ class _TarContents:
 def _stream_archive(session: _Session, stream: BinaryIO) -> _TarContents:
     out = _TarContents()
     try:
-        tf = tarfile.open(fileobj=stream, mode="r|*", bufsize=_CHUNK)
+        tf = tarfile.open(fileobj=stream, mode="r|*", bufsize=_CHUNK)  # noqa: SIM115
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise InvalidContent(f"not a tar archive: {exc}") from exc
     with tf:
@@ -313,7 +312,7 @@ def _stream_archive(session: _Session, stream: BinaryIO) -> _TarContents:
                     if len(out.small[name]) != member.size:
                         raise InvalidContent(f"archive member {name} is truncated", path=name)
                     continue
-                desc = session.ingest(data, expected, name.replace("/", "_"))
+                desc = session.ingest(cast(BinaryIO, data), expected, name.replace("/", "_"))
                 if desc.size != member.size:
                     raise InvalidContent(f"archive member {name} is truncated", path=name)
                 out.blobs[name] = desc

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from strata.content import LocalStore
 from strata.errors import InvalidArgument, InvalidContent, Unavailable
@@ -129,8 +129,8 @@ class _TarOut:
     """A deterministic tar writer: root-owned members, mtime 0."""
 
     def __init__(self, out: BinaryIO) -> None:
-        self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                                bufsize=_CHUNK)
+        self.tar = tarfile.open(  # noqa: SIM115 - closed by close()
+            fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_CHUNK)
         self.dirs: set[str] = set()
 
     def _info(self, name: str, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
@@ -197,7 +197,7 @@ def _uncompressed(layer_open: Callable[[], BinaryIO], known_size: int | None,
             shutil.copyfileobj(stream, spool, _CHUNK)
         size = spool.tell()
         spool.seek(0)
-        yield spool, size  # type: ignore[misc]
+        yield cast(BinaryIO, spool), size
 
 
 def write_docker_archive(content: LocalStore, images: ImageStore, items: Sequence[SaveItem],
@@ -227,12 +227,12 @@ def write_docker_archive(content: LocalStore, images: ImageStore, items: Sequenc
                     tar.add_stream(name, stream, size)
             except OSError as exc:
                 raise Unavailable(f"writing layer {layer.diff_id}: {exc}") from exc
-        tags = [name.familiar() for name in item.names if name.tag]
+        tags = [ref.familiar() for ref in item.names if ref.tag]
         manifest_entries.append({"Config": config_name, "RepoTags": tags or None,
                                  "Layers": layer_names})
-        for name in item.names:
-            if name.tag and layer_names:
-                repositories.setdefault(name.familiar_name(), {})[name.tag] = (
+        for ref in item.names:
+            if ref.tag and layer_names:
+                repositories.setdefault(ref.familiar_name(), {})[ref.tag] = (
                     layer_names[-1].split("/")[0]
                 )
     tar.add_bytes("manifest.json", json.dumps(manifest_entries, separators=(",", ":")).encode())

@@ -92,8 +92,8 @@ def summarize(
         chain = chain_ids(diff_ids)
         chains[image_id] = chain
         for chain_id, diff_id in zip(chain, diff_ids, strict=True):
-            facts = layers.get(diff_id)
-            layer_size[chain_id] = facts.disk_size if facts else 0
+            known = layers.get(diff_id)
+            layer_size[chain_id] = known.disk_size if known else 0
         for chain_id in set(chain):
             refs[chain_id] += 1
     out: list[ImageSummary] = []
