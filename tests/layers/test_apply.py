@@ -345,7 +345,9 @@ WHITEOUTS = [
 
 
 @pytest.mark.parametrize(("layers", "expected"), WHITEOUTS)
-def test_apply_oci_whiteouts(tmp_path: Path, layers: list[list[Entry]], expected: list[str]) -> None:
+def test_apply_oci_whiteouts(
+    tmp_path: Path, layers: list[list[Entry]], expected: list[str]
+) -> None:
     apply_layers(tmp_path, layers)
     assert listing(tmp_path) == expected
 

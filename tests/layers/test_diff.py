@@ -184,6 +184,7 @@ def overlay(tmp_path: Path) -> Iterator[Callable[[], tuple[Path, Path, Path]]]:
             ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
             capture_output=True,
             text=True,
+            check=False,
         )
         if result.returncode != 0:
             pytest.skip(f"cannot mount overlay here: {result.stderr.strip()}")
@@ -237,11 +238,14 @@ def test_diff_of_a_real_overlay_upper_dir(
     snapshot_dir = tmp_path / "snapshot"
     snapshot_dir.mkdir()
     apply(snapshot_dir, io.BytesIO(data), ApplyOptions(whiteouts=WhiteoutMode.OVERLAY))
-    assert trees.diff(
-        trees.snapshot(snapshot_dir, include_root=False),
-        trees.snapshot(upper, include_root=False),
-        labels=("applied", "upper"),
-    ) == []
+    assert (
+        trees.diff(
+            trees.snapshot(snapshot_dir, include_root=False),
+            trees.snapshot(upper, include_root=False),
+            labels=("applied", "upper"),
+        )
+        == []
+    )
     assert os.getxattr(snapshot_dir / "var/cache/apt", "trusted.overlay.opaque") == b"y"
     assert stats.disk_size == len(b"new file") + len(b"root:x:0:0\nnew:x:1:1\n") + 1
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
@@ -44,9 +45,13 @@ DIR: Final = "5"
 FIFO: Final = "6"
 
 _CHUNK: Final = 1 << 20
+# name mode uid gid size mtime chksum typeflag linkname magic+version uname gname
+# devmajor devminor prefix (ustar; GNU keeps atime/ctime where ustar has its prefix)
+_HEADER: Final = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
 _MAX_SPECIAL: Final = 1 << 20  # Go's maxSpecialFileSize for PAX records and GNU long names
 _ZERO_BLOCK: Final = bytes(BLOCK)
 _NS: Final = 1_000_000_000
+_SPECIAL: Final = frozenset({b"x", b"g", b"L", b"K"})
 _TYPES: Final = {
     b"0": REG,
     b"7": REG,  # contiguous file: a regular file everywhere that matters
@@ -115,12 +120,18 @@ def _number(field: bytes, what: str, offset: int) -> int:
     text = _cstring(field).strip(b" ")
     if not text:
         return 0
+    if text.strip(b"01234567"):
+        raise InvalidContent(f"invalid tar header at offset {offset}: {what} is not a number: {field!r}")
+    return int(text, 8)
+
+
+def _octal(field: bytes, what: str, offset: int) -> int:
+    """:func:`_number`, with a fast path for the usual zero-padded octal text."""
     try:
-        return int(text, 8)
+        value = int(field.strip(b" \x00") or b"0", 8)
     except ValueError:
-        raise InvalidContent(
-            f"invalid tar header at offset {offset}: {what} is not a number: {field!r}"
-        ) from None
+        return _number(field, what, offset)
+    return value if value >= 0 else _number(field, what, offset)
 
 
 def _pax_time(text: bytes, offset: int) -> int:
@@ -270,6 +281,29 @@ class TarReader:
         """
         self._data(fd)
 
+    def read_data(self) -> bytes:
+        """The current member's remaining data, in memory (for small members).
+
+        Raises:
+            InvalidContent: the stream ends before the member's declared size.
+        """
+        want = self._pending
+        if not want:
+            return b""
+        self._pending = 0
+        pos = self._pos
+        end = pos + want
+        if end <= len(self._buf):
+            self._pos = end
+            return self._buf[pos:end]
+        data = self._take(want)
+        if len(data) != want:
+            raise InvalidContent(
+                f"unexpected end of data in member {self._pending_name!r} ({len(data)} of {want} bytes)",
+                path=self._pending_name,
+            )
+        return data
+
     def skip(self) -> None:
         """Discard the current member's remaining data.
 
@@ -330,8 +364,7 @@ class TarReader:
                 return None
             if got != pad:
                 raise InvalidContent(
-                    f"unexpected end of tar stream in the padding after member "
-                    f"{self._pending_name!r}",
+                    f"unexpected end of tar stream in the padding after member {self._pending_name!r}",
                     path=self._pending_name,
                 )
         pax: dict[bytes, bytes] | None = None
@@ -356,7 +389,9 @@ class TarReader:
                 raise InvalidContent(
                     f"invalid tar header at offset {offset + BLOCK}: data after a zero block"
                 )
-            member = self._parse(block, offset, first_offset, pax, long_name, long_link)
+            member = self._parse(
+                block, offset, first=first_offset, pax=pax, long_name=long_name, long_link=long_link
+            )
             if isinstance(member, Member):
                 return member
             kind, size = member
@@ -375,41 +410,60 @@ class TarReader:
         self,
         block: bytes,
         offset: int,
-        first_offset: int,
+        *,
+        first: int,
         pax: dict[bytes, bytes] | None,
         long_name: bytes | None,
         long_link: bytes | None,
     ) -> Member | tuple[bytes, int]:
-        chksum = _number(block[148:156], "checksum", offset)
-        unsigned = sum(block) - sum(block[148:156]) + 256
+        (
+            name_f,
+            mode_f,
+            uid_f,
+            gid_f,
+            size_f,
+            mtime_f,
+            chksum_f,
+            flag,
+            link_f,
+            magic,
+            _,
+            _,
+            devmajor_f,
+            devminor_f,
+            prefix_f,
+        ) = _HEADER.unpack(block)
+        try:
+            chksum = _octal(chksum_f, "checksum", offset)
+        except InvalidContent:
+            chksum = -1
+        unsigned = sum(block) - sum(chksum_f) + 256
         if chksum != unsigned:
             signed = sum(b - 256 if b > 127 else b for b in block)
-            signed -= sum(b - 256 if b > 127 else b for b in block[148:156]) - 256
+            signed -= sum(b - 256 if b > 127 else b for b in chksum_f) - 256
             if chksum != signed:
                 raise InvalidContent(f"invalid tar header at offset {offset}: bad checksum")
-        flag = block[156:157]
-        size = _number(block[124:136], "size", offset)
+        size = _octal(size_f, "size", offset)
         if size < 0:
             raise InvalidContent(f"invalid tar header at offset {offset}: negative size")
-        if flag in (b"x", b"g", b"L", b"K"):
+        if flag in _SPECIAL:
             return flag, size
 
-        magic = block[257:265]
         atime_ns: int | None = None
-        raw_name = _cstring(block[0:100])
+        raw_name = name_f.partition(b"\x00")[0]
         if magic == b"ustar\x0000":
             if block[508:512] == b"tar\x00":  # star
-                prefix = _cstring(block[345:476])
+                prefix = prefix_f[:131].partition(b"\x00")[0]
             else:
-                prefix = _cstring(block[345:500])
+                prefix = prefix_f.partition(b"\x00")[0]
             if prefix:
                 raw_name = prefix + b"/" + raw_name
-        elif magic == b"ustar  \x00" and block[345] != 0:  # GNU, with an atime
-            atime_ns = _number(block[345:357], "atime", offset) * _NS
-        mtime_ns = _number(block[136:148], "mtime", offset) * _NS
-        uid = _number(block[108:116], "uid", offset)
-        gid = _number(block[116:124], "gid", offset)
-        raw_link = _cstring(block[157:257])
+        elif magic == b"ustar  \x00" and prefix_f[0] != 0:  # GNU, with an atime
+            atime_ns = _octal(prefix_f[:12], "atime", offset) * _NS
+        mtime_ns = _octal(mtime_f, "mtime", offset) * _NS
+        uid = _octal(uid_f, "uid", offset)
+        gid = _octal(gid_f, "gid", offset)
+        raw_link = link_f.partition(b"\x00")[0]
         xattrs: dict[str, bytes] | None = None
         if pax:
             for key, value in pax.items():
@@ -453,16 +507,16 @@ class TarReader:
         if kind != REG:
             size = 0
         devmajor = devminor = 0
-        if kind == CHARDEV or kind == BLOCKDEV:
-            devmajor = _number(block[329:337], "devmajor", offset)
-            devminor = _number(block[337:345], "devminor", offset)
+        if kind in (CHARDEV, BLOCKDEV):
+            devmajor = _octal(devmajor_f, "devmajor", offset)
+            devminor = _octal(devminor_f, "devminor", offset)
         self._pending = size
         self._pad = -size % BLOCK
         self._pending_name = name
         return Member(
             name,
             kind,
-            _number(block[100:108], "mode", offset) & 0o7777,
+            _octal(mode_f, "mode", offset) & 0o7777,
             uid,
             gid,
             size,
@@ -472,7 +526,7 @@ class TarReader:
             devmajor,
             devminor,
             xattrs,
-            first_offset,
+            first,
         )
 
     def finish(self) -> tuple[Digest, int]:
@@ -566,7 +620,7 @@ class TarWriter:
         self.entries = 0
         self._closed = False
 
-    def _emit(self, data: bytes | memoryview) -> None:
+    def _emit(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(data)
         self.size += len(data)
         self._out.write(data)

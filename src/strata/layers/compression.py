@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import io
 import zlib
+from collections.abc import Callable
 from gzip import BadGzipFile
 from types import TracebackType
 from typing import BinaryIO, Final, Self, cast
 
 import zstandard
-from isal import igzip_threaded
-from isal.isal_zlib import error as IsalError  # noqa: N812 - it is an exception class
+from isal import igzip_threaded, isal_zlib
 
 from strata.errors import InvalidContent, StrataError, Unavailable
 from strata.oci import SHA256, Compression, Digest
@@ -30,13 +30,21 @@ _CHUNK: Final = 1 << 20
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 _ZSTD_LEVEL: Final = 3  # zstd's and containerd's default
+_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)  # typed as an instance in isal's stubs
+_open_gzip = cast("Callable[..., BinaryIO]", igzip_threaded.open)  # untyped in isal
 
 
 def sniff_compression(head: bytes) -> Compression:
-    """The compression whose magic bytes start ``head`` (at least 4 bytes to tell zstd)."""
+    """The compression whose magic bytes start ``head`` (at least 4 bytes to tell zstd).
+
+    A zstd stream may start with a skippable frame (``50..5f 2a 4d 18``), as zstd:chunked
+    layers can.
+    """
     if head.startswith(_GZIP_MAGIC):
         return Compression.GZIP
-    if head.startswith(_ZSTD_MAGIC):
+    if head.startswith(_ZSTD_MAGIC) or (
+        len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"
+    ):
         return Compression.ZSTD
     return Compression.NONE
 
@@ -172,7 +180,7 @@ class _Decompressed(io.RawIOBase):
             raise
         except EOFError as exc:
             raise InvalidContent(f"truncated {self._compression} stream in layer") from exc
-        except (IsalError, BadGzipFile, zlib.error, zstandard.ZstdError) as exc:
+        except (_ISAL_ERROR, BadGzipFile, zlib.error, zstandard.ZstdError) as exc:
             raise InvalidContent(f"corrupt {self._compression} stream in layer: {exc}") from exc
         except OSError as exc:
             raise Unavailable(f"reading layer stream failed: {exc}", retryable=False) from exc
@@ -223,13 +231,13 @@ def open_decompressed(stream: BinaryIO, compression: Compression | None = None) 
         compression = sniff_compression(prefix)
     if compression is Compression.GZIP:
         source = _Source(stream, prefix, None)
-        inner = igzip_threaded.open(source, "rb", threads=1)
-        return cast(BinaryIO, _Decompressed(cast(BinaryIO, inner), compression))
+        inner = _open_gzip(source, "rb", threads=1)
+        return cast(BinaryIO, _Decompressed(inner, compression))
     if compression is Compression.ZSTD:
         frames = _ZstdFrames()
         source = _Source(stream, prefix, frames)
         reader = zstandard.ZstdDecompressor().stream_reader(
-            source, read_size=_CHUNK, read_across_frames=True
+            cast(BinaryIO, source), read_size=_CHUNK, read_across_frames=True
         )
         return cast(BinaryIO, _Decompressed(cast(BinaryIO, reader), compression, frames))
     return cast(BinaryIO, _Decompressed(_Source(stream, prefix, None), compression))
@@ -274,9 +282,7 @@ class CompressedWriter:
         digest, size = w.finish()
     """
 
-    def __init__(
-        self, out: BinaryIO, compression: Compression, *, level: int | None = None
-    ) -> None:
+    def __init__(self, out: BinaryIO, compression: Compression, *, level: int | None = None) -> None:
         """Args:
         out: where the compressed bytes go.
         compression: the format.
@@ -289,12 +295,10 @@ class CompressedWriter:
         self._zstd: zstandard.ZstdCompressionWriter | None = None
         if compression is Compression.GZIP:
             gz_level = 2 if level is None else level
-            self._gzip = cast(
-                BinaryIO, igzip_threaded.open(self._sink, "wb", compresslevel=gz_level, threads=1)
-            )
+            self._gzip = _open_gzip(self._sink, "wb", compresslevel=gz_level, threads=1)
         elif compression is Compression.ZSTD:
             compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL if level is None else level)
-            self._zstd = compressor.stream_writer(self._sink, closefd=False)
+            self._zstd = compressor.stream_writer(cast(BinaryIO, self._sink), closefd=False)
 
     def write(self, data: bytes | memoryview) -> int:
         """Compress ``data``; returns its (uncompressed) length.
@@ -328,12 +332,10 @@ class CompressedWriter:
                     self._gzip.close()
                 elif self._zstd is not None:
                     self._zstd.flush(zstandard.FLUSH_FRAME)
-                    self._zstd.close()
+                    cast(BinaryIO, self._zstd).close()  # untyped in zstandard's stubs
                 self._sink.flush()
             except OSError as exc:
-                raise Unavailable(
-                    f"writing compressed layer failed: {exc}", retryable=False
-                ) from exc
+                raise Unavailable(f"writing compressed layer failed: {exc}", retryable=False) from exc
             self._result = (self._sink.digest(), self._sink.size)
         return self._result
 
@@ -353,7 +355,7 @@ class CompressedWriter:
         elif self._gzip is not None:
             try:
                 self._gzip.close()
-            except Exception:  # noqa: S110 - the original error matters more
+            except Exception:  # the original error matters more
                 pass
 
 

@@ -124,9 +124,7 @@ def _differs(lower: str, upper: str, old: os.stat_result, new: os.stat_result) -
         or old.st_rdev != new.st_rdev
     ):
         return True
-    if not stat.S_ISDIR(new.st_mode) and (
-        old.st_size != new.st_size or old.st_mtime_ns != new.st_mtime_ns
-    ):
+    if not stat.S_ISDIR(new.st_mode) and (old.st_size != new.st_size or old.st_mtime_ns != new.st_mtime_ns):
         return True
     if stat.S_ISLNK(new.st_mode) and os.readlink(lower) != os.readlink(upper):
         return True
@@ -182,33 +180,58 @@ class _Emitter:
             self.usage.whiteout(rel)
             return
         assert st is not None
-        owner = {"uid": st.st_uid, "gid": st.st_gid, "mtime": self.mtime(st)}
+        uid, gid, mtime = st.st_uid, st.st_gid, self.mtime(st)
         if kind == _OVERLAY_WHITEOUT:
-            writer.add(whiteout_name(rel), REG, mode=0o600, **owner)
+            writer.add(whiteout_name(rel), REG, mode=0o600, uid=uid, gid=gid, mtime=mtime)
             self.usage.whiteout(rel)
             return
         if kind == _OPAQUE:
-            writer.add(_join(rel, OPAQUE_MARKER), REG, mode=st.st_mode & 0o777, **owner)
+            writer.add(
+                _join(rel, OPAQUE_MARKER),
+                REG,
+                mode=st.st_mode & 0o777,
+                uid=uid,
+                gid=gid,
+                mtime=mtime,
+            )
             return
         path = _host(self.upper, rel)
         mode = st.st_mode
         perm = mode & 0o7777
         if stat.S_ISDIR(mode):
-            writer.add(f"{rel}/", DIR, mode=perm, xattrs=_xattrs(path), **owner)
+            writer.add(f"{rel}/", DIR, mode=perm, xattrs=_xattrs(path), uid=uid, gid=gid, mtime=mtime)
             self.usage.directory(rel)
         elif stat.S_ISREG(mode):
             if st.st_nlink > 1:
                 first = self.links.setdefault((st.st_dev, st.st_ino), rel)
                 if first != rel:
-                    writer.add(rel, HARDLINK, mode=perm, linkname=first, **owner)
+                    writer.add(rel, HARDLINK, mode=perm, linkname=first, uid=uid, gid=gid, mtime=mtime)
                     self.usage.link(rel, first)
                     return
-            writer.add(rel, REG, mode=perm, size=st.st_size, xattrs=_xattrs(path), **owner)
+            writer.add(
+                rel,
+                REG,
+                mode=perm,
+                size=st.st_size,
+                xattrs=_xattrs(path),
+                uid=uid,
+                gid=gid,
+                mtime=mtime,
+            )
             self.copy(path, rel, st.st_size)
             self.usage.file(rel, st.st_size)
         elif stat.S_ISLNK(mode):
             target = os.readlink(path)
-            writer.add(rel, SYMLINK, mode=perm, linkname=target, xattrs=_xattrs(path), **owner)
+            writer.add(
+                rel,
+                SYMLINK,
+                mode=perm,
+                linkname=target,
+                xattrs=_xattrs(path),
+                uid=uid,
+                gid=gid,
+                mtime=mtime,
+            )
             self.usage.file(rel, len(os.fsencode(target)))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             writer.add(
@@ -218,11 +241,13 @@ class _Emitter:
                 devmajor=os.major(st.st_rdev),
                 devminor=os.minor(st.st_rdev),
                 xattrs=_xattrs(path),
-                **owner,
+                uid=uid,
+                gid=gid,
+                mtime=mtime,
             )
             self.usage.file(rel, 0)
         elif stat.S_ISFIFO(mode):
-            writer.add(rel, FIFO, mode=perm, xattrs=_xattrs(path), **owner)
+            writer.add(rel, FIFO, mode=perm, xattrs=_xattrs(path), uid=uid, gid=gid, mtime=mtime)
             self.usage.file(rel, 0)
         # sockets are not archived (docker and Go's tar skip them)
 
@@ -279,9 +304,7 @@ def diff(
     lower_path = ""
     if not upper_is_overlay:
         if len(lower) != 1:
-            raise InvalidArgument(
-                f"diff: comparing trees needs exactly one lower tree, got {len(lower)}"
-            )
+            raise InvalidArgument(f"diff: comparing trees needs exactly one lower tree, got {len(lower)}")
         lower_path = os.fspath(lower[0])
         if not os.path.isdir(lower_path):
             raise NotFound(f"diff: lower directory {lower_path} does not exist")
@@ -302,6 +325,4 @@ def diff(
         if exc.filename is not None:
             raise FailedPrecondition(f"diff: cannot read {exc.filename}: {exc.strerror}") from exc
         raise Unavailable(f"diff: writing the layer failed: {exc}", retryable=False) from exc
-    return LayerStats(
-        diff_id=diff_id, size=size, entries=writer.entries, disk_size=emitter.usage.total()
-    )
+    return LayerStats(diff_id=diff_id, size=size, entries=writer.entries, disk_size=emitter.usage.total())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 from strata.errors import UnsafeArchive
 
@@ -41,7 +42,7 @@ _MAX_SYMLINKS = 255  # filepath-securejoin's limit
 def _normalise(path: str, member: str, escape_reason: str) -> str:
     parts: list[str] = []
     for part in path.split("/"):
-        if part == "" or part == ".":
+        if part in ("", "."):
             continue
         if part == "..":
             if not parts:
@@ -138,15 +139,24 @@ class RootResolver:
     Not thread-safe: one resolver per apply.
     """
 
-    __slots__ = ("_cache", "_mkdir_owner", "root")
+    __slots__ = ("_cache", "_mkdir_owner", "_on_mkdir", "root")
 
-    def __init__(self, root: str, *, mkdir_owner: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        mkdir_owner: tuple[int, int] | None = None,
+        on_mkdir: Callable[[str], None] | None = None,
+    ) -> None:
         """Args:
         root: the host path of the root directory.
         mkdir_owner: uid/gid for directories created on the way (None: leave as created).
+        on_mkdir: called with the resolved path of the directory a new directory was
+            created in (whose mtime that changed).
         """
         self.root = root.rstrip("/") or "/"
         self._mkdir_owner = mkdir_owner
+        self._on_mkdir = on_mkdir
         self._cache: dict[str, str] = {"": ""}
 
     def invalidate(self) -> None:
@@ -230,7 +240,7 @@ class RootResolver:
         links = 0
         while remaining:
             part, _, remaining = remaining.partition("/")
-            if part == "" or part == ".":
+            if part in ("", "."):
                 continue
             if part == "..":
                 current = current.rpartition("/")[0]
@@ -282,6 +292,6 @@ class RootResolver:
             if self._mkdir_owner is not None:
                 os.lchown(path, *self._mkdir_owner)
         except OSError as exc:
-            raise UnsafeArchive(
-                member, f"cannot create parent directory {rel!r}: {exc.strerror}"
-            ) from exc
+            raise UnsafeArchive(member, f"cannot create parent directory {rel!r}: {exc.strerror}") from exc
+        if self._on_mkdir is not None:
+            self._on_mkdir(rel.rpartition("/")[0])

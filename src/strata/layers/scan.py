@@ -142,7 +142,7 @@ def _check(member: Member, allow_devices: bool) -> tuple[str, str, str, str | No
             raise UnsafeArchive(member.name, "hardlink target is the root directory")
         if link == name:
             raise UnsafeArchive(member.name, "hardlink to itself")
-    elif (kind == CHARDEV or kind == BLOCKDEV) and not allow_devices:
+    elif kind in (CHARDEV, BLOCKDEV) and not allow_devices:
         raise UnsafeArchive(member.name, "device nodes are not allowed")
     return name, parent, base, None, link
 

@@ -4,23 +4,27 @@
 bytes of a tar (optionally gzip- or zstd-compressed).  Archives are written with Python's
 ``tarfile``, an implementation independent of the one under test, and nothing about a
 member is sanitised: absolute names, ``..``, escaping links, odd types are written as given.
-Compare the trees they produce with :mod:`strata.testing.trees`.
+Compare the trees they produce with :mod:`strata.testing.trees`; :func:`make_jail` sets up
+a target directory with a sentinel tree beside it and reports anything that changed outside.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import zstandard
 from isal import igzip
 
 from strata.oci import Compression
+from strata.testing import trees
 
-__all__ = ["DEFAULT_MTIME", "Entry", "build", "compress"]
+__all__ = ["DEFAULT_MTIME", "Entry", "Jail", "build", "compress", "make_jail"]
 
 DEFAULT_MTIME = 1_700_000_000
 """The mtime of entries that do not give one (2023-11-14)."""
@@ -138,7 +142,7 @@ def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     info.devminor = entry.devminor
     info.uname = ""
     info.gname = ""
-    info.size = len(entry.data) if entry.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+    info.size = len(entry.data)
     records = {
         f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in entry.xattrs.items()
     }
@@ -187,3 +191,59 @@ def build(
     if not trailer:
         data = data[:end]
     return compress(data, compression)
+
+
+def _times(top: Path) -> dict[str, int]:
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in ["", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            found[os.path.relpath(path, top)] = os.lstat(path).st_mtime_ns
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Jail:
+    """A target ``root`` with a sentinel tree ``outside`` next to it, both under ``base``.
+
+    :meth:`escapes` lists what changed outside ``root`` since :func:`make_jail`: the
+    sentinel's content, metadata and times, and the listing of ``base``.
+    """
+
+    base: Path
+    root: Path
+    outside: Path
+    before: dict[str, trees.Node]
+    times: dict[str, int]
+    listing: frozenset[str]
+
+    def escapes(self) -> list[str]:
+        """What changed outside the root (empty when nothing did)."""
+        problems = trees.diff(self.before, trees.snapshot(self.outside), labels=("before", "after"))
+        if _times(self.outside) != self.times:
+            problems.append("sentinel times changed")
+        listing = frozenset(os.listdir(self.base))
+        if listing != self.listing:
+            problems.append(f"entries beside the root changed: {sorted(listing ^ self.listing)}")
+        return problems
+
+
+def make_jail(base: Path) -> Jail:
+    """Create ``base/root`` (empty) and the sentinel ``base/outside`` (files, a directory)."""
+    root = base / "root"
+    outside = base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"do not touch\n")
+    (outside / "sub").mkdir()
+    (outside / "sub" / "keep").write_bytes(b"keep\n")
+    for path in (outside / "sub" / "keep", outside / "secret", outside / "sub", outside):
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    return Jail(
+        base=base,
+        root=root,
+        outside=outside,
+        before=trees.snapshot(outside),
+        times=_times(outside),
+        listing=frozenset(os.listdir(base)),
+    )
