@@ -80,10 +80,10 @@ def test_sigkill_during_load_leaves_store_consistent(
     assert "Loaded image: localhost/crash:latest" in done.stdout
     fsck = cli("system", "fsck")
     assert "0 problems" in fsck.stdout
-    assert cli("images", "-q").stdout.strip() == testimages_id(large_image)
+    assert cli("images", "-q").stdout.strip() == _image_id(large_image)
 
 
-def testimages_id(large_image: dict[str, Path]) -> str:
+def _image_id(large_image: dict[str, Path]) -> str:
     import json
 
     index = json.loads((large_image["oci-dir"] / "index.json").read_text())

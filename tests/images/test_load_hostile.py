@@ -124,6 +124,12 @@ CASES: dict[str, Case] = {
         [_tar(_base(), Entry.symlink("link", "../../../../../../../../tmp"),
               Entry.file("link/evil", b"x"))],
         ("link", "escapes root")),
+    "write-through-symlink-same-layer": Case(
+        [_tar(_base(), Entry.symlink("etc/link", "/etc"), Entry.file("etc/link/evil", b"x"))],
+        ("etc/link/evil", "write through symlink")),
+    "hardlink-to-lower-layer": Case(
+        [_tar(_base(), Entry.file("etc/real", b"r")), _tar(Entry.hardlink("etc/h", "etc/real"))],
+        ("etc/h", "not in this layer")),
     "hardlink-outside-root": Case(
         [_tar(_base(), Entry.hardlink("etc/shadow-link", "../../../../etc/shadow"))],
         ("etc/shadow-link", "escapes")),

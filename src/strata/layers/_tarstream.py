@@ -467,6 +467,10 @@ class TarReader:
         xattrs: dict[str, bytes] | None = None
         if pax:
             for key, value in pax.items():
+                if not value:
+                    # Go's archive/tar (docker, umoci, containers/storage) skips empty PAX
+                    # values: an empty xattr record sets no xattr, an empty path keeps ustar's.
+                    continue
                 if key.startswith(b"SCHILY.xattr."):
                     if xattrs is None:
                         xattrs = {}

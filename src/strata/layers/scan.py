@@ -55,20 +55,35 @@ class _DiskUsage:
     one) whose size is counted once if any path still refers to it at the end.
     """
 
-    __slots__ = ("_paths", "_sizes")
+    __slots__ = ("_paths", "_sizes", "_symlinks")
 
     def __init__(self) -> None:
         self._paths: dict[str, int] = {}
         self._sizes: list[int] = []
+        self._symlinks: set[str] = set()
 
     def _drop(self, path: str) -> None:
+        self._symlinks.discard(path)
         if self._paths.pop(path, None) == _DIR:
             prefix = f"{path}/"
             for key in [k for k in self._paths if k.startswith(prefix)]:
                 del self._paths[key]
 
-    def _place(self, path: str) -> None:
-        """Make room for a new entry at ``path``: implicit parents, no old directory."""
+    def _place(self, path: str, member: str = "") -> None:
+        """Make room for a new entry at ``path``: implicit parents, no old directory.
+
+        Raises:
+            UnsafeArchive: a parent of ``path`` is a symlink this same layer made: a tar of a
+                real tree never holds an entry below a symlink, so this is a write through it.
+        """
+        if self._symlinks:
+            parent = path.rpartition("/")[0]
+            while parent:
+                if parent in self._symlinks:
+                    raise UnsafeArchive(member or path,
+                                        f"write through symlink {parent!r} made by this layer")
+                parent = parent.rpartition("/")[0]
+        self._symlinks.discard(path)
         paths = self._paths
         if paths.get(path) == _DIR:
             self._drop(path)
@@ -77,25 +92,37 @@ class _DiskUsage:
             paths[parent] = _DIR
             parent = parent.rpartition("/")[0]
 
-    def file(self, path: str, size: int) -> None:
+    def file(self, path: str, size: int, member: str = "") -> None:
         """A non-directory of ``size`` bytes (0 for devices, fifos, whiteouts) at ``path``."""
-        self._place(path)
+        self._place(path, member)
         self._paths[path] = len(self._sizes)
         self._sizes.append(size)
 
-    def directory(self, path: str) -> None:
+    def directory(self, path: str, member: str = "") -> None:
         """A directory at ``path`` (its existing children stay if it was one already)."""
         if path and self._paths.get(path) != _DIR:
-            self._place(path)
+            self._place(path, member)
             self._paths[path] = _DIR
 
-    def link(self, path: str, target: str) -> None:
-        """A hardlink at ``path`` to ``target`` (a target unknown to this layer counts 0)."""
+    def symlink(self, path: str, size: int, member: str = "") -> None:
+        """A symlink at ``path`` whose target is ``size`` bytes long."""
+        self.file(path, size, member)
+        self._symlinks.add(path)
+
+    def link(self, path: str, target: str, member: str = "") -> None:
+        """A hardlink at ``path`` to ``target``.
+
+        Raises:
+            UnsafeArchive: ``target`` is not a non-directory written earlier in this layer
+                (docker's ``pkg/archive`` links only inside the layer being applied).
+        """
         inode = self._paths.get(target)
-        if inode is None or inode == _DIR:
-            self.file(path, 0)
-            return
-        self._place(path)
+        if inode is None:
+            raise UnsafeArchive(member or path,
+                                f"hardlink target {target!r} is not in this layer")
+        if inode == _DIR:
+            raise UnsafeArchive(member or path, f"hardlink target {target!r} is a directory")
+        self._place(path, member)
         self._paths[path] = inode
 
     def whiteout(self, path: str) -> None:
@@ -150,15 +177,15 @@ def _check(member: Member, allow_devices: bool) -> tuple[str, str, str, str | No
 def _account(usage: _DiskUsage, member: Member, name: str, link: str) -> None:
     kind = member.type
     if kind == REG:
-        usage.file(name, member.size)
+        usage.file(name, member.size, member.name)
     elif kind == DIR:
-        usage.directory(name)
+        usage.directory(name, member.name)
     elif kind == SYMLINK:
-        usage.file(name, len(os.fsencode(member.linkname)))
+        usage.symlink(name, len(os.fsencode(member.linkname)), member.name)
     elif kind == HARDLINK:
-        usage.link(name, link)
+        usage.link(name, link, member.name)
     else:
-        usage.file(name, 0)
+        usage.file(name, 0, member.name)
 
 
 def scan(tar: BinaryIO) -> LayerStats:
