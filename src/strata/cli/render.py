@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
-
 from rich.progress import TaskID
 
 from strata.progress import ProgressEvent, Stage
