@@ -106,13 +106,9 @@ def test_apply_writes_every_member_type_with_its_metadata(tmp_path: Path) -> Non
     assert stats.entries == len(layer)
 
 
-@pytest.mark.parametrize(
-    "compression", [Compression.NONE, Compression.GZIP, Compression.ZSTD], ids=str
-)
+@pytest.mark.parametrize("compression", [Compression.NONE, Compression.GZIP, Compression.ZSTD], ids=str)
 @pytest.mark.parametrize("sniff", [True, False], ids=["sniffed", "declared"])
-def test_apply_reads_every_compression(
-    tmp_path: Path, compression: Compression, sniff: bool
-) -> None:
+def test_apply_reads_every_compression(tmp_path: Path, compression: Compression, sniff: bool) -> None:
     entries = [Entry.file("a", b"x" * 3_000_000), Entry.file("b/c", b"hello")]
     plain = build(entries)
     blob = build(entries, compression=compression)
@@ -250,9 +246,7 @@ def test_apply_replaces_whatever_is_in_the_way(
 
 
 def test_apply_file_replacing_a_hardlinked_file_leaves_the_other_link(tmp_path: Path) -> None:
-    apply_layers(
-        tmp_path, [[Entry.file("p", b"old"), Entry.hardlink("h", "p")], [Entry.file("p", b"new")]]
-    )
+    apply_layers(tmp_path, [[Entry.file("p", b"old"), Entry.hardlink("h", "p")], [Entry.file("p", b"new")]])
     assert (tmp_path / "p").read_bytes() == b"new" and (tmp_path / "h").read_bytes() == b"old"
 
 
@@ -345,9 +339,7 @@ WHITEOUTS = [
 
 
 @pytest.mark.parametrize(("layers", "expected"), WHITEOUTS)
-def test_apply_oci_whiteouts(
-    tmp_path: Path, layers: list[list[Entry]], expected: list[str]
-) -> None:
+def test_apply_oci_whiteouts(tmp_path: Path, layers: list[list[Entry]], expected: list[str]) -> None:
     apply_layers(tmp_path, layers)
     assert listing(tmp_path) == expected
 
@@ -394,12 +386,8 @@ LAYERS_FOR_SIZE = [
         id="hardlink-group-counted-once",
     ),
     pytest.param([Entry.symlink("l", "target-of-11")], id="symlink-counts-target-length"),
-    pytest.param(
-        [Entry.file("a", b"x" * 100), Entry.file("a", b"y" * 7)], id="rewritten-counts-last"
-    ),
-    pytest.param(
-        [Entry.file("d/a", b"x" * 100), Entry.whiteout("d")], id="whited-out-in-same-layer"
-    ),
+    pytest.param([Entry.file("a", b"x" * 100), Entry.file("a", b"y" * 7)], id="rewritten-counts-last"),
+    pytest.param([Entry.file("d/a", b"x" * 100), Entry.whiteout("d")], id="whited-out-in-same-layer"),
     pytest.param(
         [
             Entry.file("a", b"x" * 100),
@@ -417,11 +405,24 @@ LAYERS_FOR_SIZE = [
 
 
 @pytest.mark.parametrize("layer", LAYERS_FOR_SIZE)
-def test_scan_disk_size_matches_dockers_rule_on_the_applied_layer(
-    tmp_path: Path, layer: list[Entry]
-) -> None:
+def test_scan_disk_size_matches_dockers_rule_on_the_applied_layer(tmp_path: Path, layer: list[Entry]) -> None:
     data = build(layer)
     scanned = scan_layer(io.BytesIO(data))
     applied = apply_bytes(tmp_path, data, ApplyOptions(whiteouts=WhiteoutMode.OVERLAY))
     assert scanned == applied
     assert scanned.disk_size == docker_size(tmp_path)
+
+
+def test_apply_links_to_a_lower_layers_file_like_umoci(tmp_path: Path) -> None:
+    """scan (load) refuses a hardlink outside its layer, as docker does; apply, like umoci,
+    links to the file a lower layer wrote."""
+    from strata.errors import UnsafeArchive
+
+    root = tmp_path / "root"
+    root.mkdir()
+    apply(root, io.BytesIO(build([Entry.file("real", b"data")])))
+    upper = build([Entry.hardlink("link", "real")])
+    with pytest.raises(UnsafeArchive, match="not in this layer"):
+        scan_layer(io.BytesIO(upper))
+    apply(root, io.BytesIO(upper))
+    assert (root / "link").stat().st_ino == (root / "real").stat().st_ino

@@ -162,9 +162,7 @@ def test_apply_matches_umoci_on_single_paths(tmp_path: Path, name: str) -> None:
 
 TIMES = {
     "root-entry-only": [[Entry.dir("./", mode=0o751, mtime=1_600_000_000)]],
-    "root-entry-then-file": [
-        [Entry.dir("./", mode=0o700, mtime=1_600_000_000), Entry.file("a", b"1")]
-    ],
+    "root-entry-then-file": [[Entry.dir("./", mode=0o700, mtime=1_600_000_000), Entry.file("a", b"1")]],
     "file-then-root-entry": [[Entry.file("a", b"1"), Entry.dir(".", mtime=1_600_000_000)]],
     "no-root-entry": [[Entry.file("a", b"1")], [Entry.dir("d", mtime=5)]],
     "dir-then-children": [[Entry.dir("d", mtime=1_600_000_000), Entry.file("d/a", b"1")]],

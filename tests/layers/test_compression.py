@@ -131,9 +131,7 @@ def test_plain_and_empty_streams_pass_through() -> None:
     assert read_all(b"ab") == b"ab"
     assert read_all(DATA) == DATA
     assert read_all(b"", Compression.GZIP) == b""
-    assert (
-        hashlib.sha256(read_all(DATA, Compression.NONE)).digest() == hashlib.sha256(DATA).digest()
-    )
+    assert hashlib.sha256(read_all(DATA, Compression.NONE)).digest() == hashlib.sha256(DATA).digest()
 
 
 class _Failing(io.RawIOBase):

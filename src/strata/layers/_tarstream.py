@@ -281,29 +281,6 @@ class TarReader:
         """
         self._data(fd)
 
-    def read_data(self) -> bytes:
-        """The current member's remaining data, in memory (for small members).
-
-        Raises:
-            InvalidContent: the stream ends before the member's declared size.
-        """
-        want = self._pending
-        if not want:
-            return b""
-        self._pending = 0
-        pos = self._pos
-        end = pos + want
-        if end <= len(self._buf):
-            self._pos = end
-            return self._buf[pos:end]
-        data = self._take(want)
-        if len(data) != want:
-            raise InvalidContent(
-                f"unexpected end of data in member {self._pending_name!r} ({len(data)} of {want} bytes)",
-                path=self._pending_name,
-            )
-        return data
-
     def skip(self) -> None:
         """Discard the current member's remaining data.
 

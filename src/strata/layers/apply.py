@@ -17,8 +17,6 @@ import errno
 import os
 import shutil
 import stat
-import threading
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -35,9 +33,6 @@ __all__ = ["ApplyOptions", "IdMap", "apply"]
 _IGNORED_XATTRS = frozenset({"security.selinux"})  # umoci's ignoreXattrs: host policy
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-_DEFERRED_MAX_FILE = 8 << 20  # larger files are written synchronously
-_DEFERRED_MAX_BYTES = 48 << 20  # data held for the finishing thread at most
-_DEFERRED_MAX_FILES = 512  # open descriptors held for it at most
 
 
 def _map_id(ranges: tuple[tuple[int, int, int], ...], value: int, what: str) -> int:
@@ -100,115 +95,6 @@ def _os_error(member: str, exc: OSError) -> StrataError:
     return UnsafeArchive(member, f"cannot apply: {reason}")
 
 
-def _fd_xattrs(fd: int, member: Member, clear: bool) -> None:
-    """Set a regular file's xattrs through its descriptor (first clearing inherited ones)."""
-    if clear:
-        for key in os.listxattr(fd):
-            if key not in _IGNORED_XATTRS and not key.startswith(OVERLAY_XATTR_PREFIX):
-                os.removexattr(fd, key)
-    for key, value in (member.xattrs or {}).items():
-        if key in _IGNORED_XATTRS or key.startswith(OVERLAY_XATTR_PREFIX):
-            continue
-        try:
-            os.setxattr(fd, key, value)
-        except OSError as exc:
-            if exc.errno == errno.EOPNOTSUPP:
-                continue  # the filesystem has no xattrs: umoci warns and goes on
-            raise UnsafeArchive(member.name, f"cannot set xattr {key!r}: {exc.strerror}") from exc
-
-
-_Job = tuple[int, Member, bytes, "tuple[int, int] | None", bool]  # fd, member, data, owner, clear
-
-
-class _Finisher:
-    """Finishes regular files on a helper thread: data, owner, mode, xattrs, times, close.
-
-    Creating a file is the expensive filesystem operation, and the main thread keeps doing it
-    (with every other operation on names) in archive order; only work on the new file's
-    descriptor is handed over, so the result is the one a serial extraction gives, while the
-    kernel work of two files overlaps.  Bounded in held bytes and descriptors.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: deque[_Job | None] = deque()
-        self._cond = threading.Condition()
-        self._bytes = 0
-        self._files = 0
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def submit(self, job: _Job) -> None:
-        """Queue a file; raises what finishing an earlier one raised."""
-        size = len(job[2])
-        with self._cond:
-            while (
-                self._error is None
-                and self._files
-                and (self._bytes + size > _DEFERRED_MAX_BYTES or self._files >= _DEFERRED_MAX_FILES)
-            ):
-                self._cond.wait()
-            if self._error is not None:
-                os.close(job[0])
-                raise self._error
-            self._bytes += size
-            self._files += 1
-            self._jobs.append(job)
-            self._cond.notify_all()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="strata-apply", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._jobs:
-                    self._cond.wait()
-                job = self._jobs.popleft()
-            if job is None:
-                return
-            fd, member, data, owner, clear = job
-            try:
-                if self._error is None:
-                    _finish(fd, member, data, owner, clear)
-            except BaseException as exc:  # handed to the main thread
-                with self._cond:
-                    if self._error is None:
-                        self._error = exc
-            finally:
-                os.close(fd)
-                with self._cond:
-                    self._bytes -= len(data)
-                    self._files -= 1
-                    self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wait for every queued file; raises the first error finishing one raised."""
-        if self._thread is not None:
-            with self._cond:
-                self._jobs.append(None)
-                self._cond.notify_all()
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            raise self._error
-
-
-def _finish(fd: int, member: Member, data: bytes, owner: tuple[int, int] | None, clear: bool) -> None:
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, member.mode)
-        if member.xattrs or clear:
-            _fd_xattrs(fd, member, clear)
-        atime = member.atime_ns
-        os.utime(fd, ns=(member.mtime_ns if atime is None else atime, member.mtime_ns))
-    except OSError as exc:
-        raise _os_error(member.name, exc) from exc
-
-
 class _Applier:
     """The state of one :func:`apply`: resolved directories, written paths, directory times."""
 
@@ -228,9 +114,8 @@ class _Applier:
         # on the way, children purged by a whiteout further up) are not restored: dropped.
         self.dir_times: dict[str, tuple[int, int]] = {}
         self.res = RootResolver(root, mkdir_owner=owner, on_mkdir=self.forget_times)
-        self.usage = _DiskUsage()
+        self.usage = _DiskUsage(strict=False)
         self.clear_new_xattrs = False
-        self.finisher = _Finisher()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -279,18 +164,19 @@ class _Applier:
         atime = member.atime_ns
         return (mtime if atime is None else atime), mtime
 
-    def set_xattrs(self, path: str, member: Member, *, clear: bool) -> None:
+    def set_xattrs(self, target: int | str, member: Member, *, clear: bool) -> None:
+        follow = isinstance(target, int)  # an fd: "following" is meaningless but required
         if clear:
-            for key in os.listxattr(path, follow_symlinks=False):
+            for key in os.listxattr(target, follow_symlinks=follow):
                 if key not in _IGNORED_XATTRS and not key.startswith(OVERLAY_XATTR_PREFIX):
-                    os.removexattr(path, key, follow_symlinks=False)
+                    os.removexattr(target, key, follow_symlinks=follow)
         if not member.xattrs:
             return
         for key, value in member.xattrs.items():
             if key in _IGNORED_XATTRS or key.startswith(OVERLAY_XATTR_PREFIX):
                 continue
             try:
-                os.setxattr(path, key, value, follow_symlinks=False)
+                os.setxattr(target, key, value, follow_symlinks=follow)
             except OSError as exc:
                 if exc.errno == errno.EOPNOTSUPP:
                     continue  # the filesystem has no xattrs: umoci warns and goes on
@@ -343,23 +229,19 @@ class _Applier:
         _account(self.usage, member, name, link)
 
     def regular(self, member: Member, rel: str, path: str, reader: _TarReader) -> None:
-        owner = self.owner(member) if self.same_owner else None
         try:
             fd = os.open(path, _FILE_FLAGS, 0o600)
         except FileExistsError:
             self.clear(path, rel)
             fd = os.open(path, _FILE_FLAGS, 0o600)
-        if member.size <= _DEFERRED_MAX_FILE:
-            try:
-                data = reader.read_data()
-            except BaseException:
-                os.close(fd)
-                raise
-            self.finisher.submit((fd, member, data, owner, self.clear_new_xattrs))
-            return
         try:
             reader.copy_to_fd(fd)
-            _finish(fd, member, b"", owner, self.clear_new_xattrs)
+            if self.same_owner:
+                os.fchown(fd, *self.owner(member))
+            os.fchmod(fd, member.mode)
+            if member.xattrs or self.clear_new_xattrs:
+                self.set_xattrs(fd, member, clear=self.clear_new_xattrs)
+            os.utime(fd, ns=self.times(member))
         finally:
             os.close(fd)
 
@@ -518,6 +400,11 @@ def apply(root: Path, tar: BinaryIO, options: ApplyOptions | None = None) -> Lay
     xattrs then times; directories keep the times they had before their entries changed
     (or the ones their own header gives); whiteouts as ``options.whiteouts`` says.
 
+    ``umoci unpack`` also sets a fresh rootfs's atime/mtime to the epoch before its first
+    layer; ``apply`` leaves the root's times alone (it applies onto existing trees too), so an
+    image unpacker that wants umoci's tree exactly does that itself.  On error the root is
+    left partly applied: discard it.
+
     Args:
         root: the directory to apply onto; it must exist.
         tar: the uncompressed layer stream, read once to its end.
@@ -548,26 +435,18 @@ def apply(root: Path, tar: BinaryIO, options: ApplyOptions | None = None) -> Lay
     applier = _Applier(root_path, opts)
     reader = _TarReader(tar)
     entries = 0
-    try:
-        while True:
-            member = reader.next()
-            if member is None:
-                break
-            entries += 1
-            try:
-                applier.member(member, reader)
-            except OSError as exc:
-                raise _os_error(member.name, exc) from exc
-            except ValueError as exc:  # e.g. an embedded NUL os refuses
-                raise UnsafeArchive(member.name, str(exc)) from exc
-        diff_id, size = reader.finish()
-    except BaseException:
+    while True:
+        member = reader.next()
+        if member is None:
+            break
+        entries += 1
         try:
-            applier.finisher.close()  # no thread outlives apply; the first error wins
-        except BaseException:
-            pass
-        raise
-    applier.finisher.close()
+            applier.member(member, reader)
+        except OSError as exc:
+            raise _os_error(member.name, exc) from exc
+        except ValueError as exc:  # e.g. an embedded NUL os refuses
+            raise UnsafeArchive(member.name, str(exc)) from exc
+    diff_id, size = reader.finish()
     try:
         applier.restore_dir_times()
     except OSError as exc:

@@ -311,10 +311,7 @@ def diff(
     writer = _TarWriter(out)
     emitter = _Emitter(upper_path, writer, source_date_epoch)
     try:
-        if upper_is_overlay:
-            changes = _overlay_changes(upper_path)
-        else:
-            changes = _tree_changes(lower_path, upper_path)
+        changes = _overlay_changes(upper_path) if upper_is_overlay else _tree_changes(lower_path, upper_path)
         changes.sort(key=lambda change: change[0])
         for _, kind, rel, st in changes:
             emitter.emit(kind, rel, st)

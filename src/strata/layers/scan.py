@@ -55,9 +55,16 @@ class _DiskUsage:
     one) whose size is counted once if any path still refers to it at the end.
     """
 
-    __slots__ = ("_paths", "_sizes", "_symlinks")
+    __slots__ = ("_paths", "_sizes", "_strict", "_symlinks")
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool = True) -> None:
+        """Args:
+        strict: refuse what a tar of a real tree never holds (docker's rules, used by
+            :func:`scan` at load time): hardlinks to paths outside this layer and entries
+            below a symlink the layer made.  :func:`apply` is lenient, like umoci: it links to
+            lower layers' files and follows symlinks inside the root.
+        """
+        self._strict = strict
         self._paths: dict[str, int] = {}
         self._sizes: list[int] = []
         self._symlinks: set[str] = set()
@@ -76,12 +83,13 @@ class _DiskUsage:
             UnsafeArchive: a parent of ``path`` is a symlink this same layer made: a tar of a
                 real tree never holds an entry below a symlink, so this is a write through it.
         """
-        if self._symlinks:
+        if self._strict and self._symlinks:
             parent = path.rpartition("/")[0]
             while parent:
                 if parent in self._symlinks:
-                    raise UnsafeArchive(member or path,
-                                        f"write through symlink {parent!r} made by this layer")
+                    raise UnsafeArchive(
+                        member or path, f"write through symlink {parent!r} made by this layer"
+                    )
                 parent = parent.rpartition("/")[0]
         self._symlinks.discard(path)
         paths = self._paths
@@ -117,9 +125,11 @@ class _DiskUsage:
                 (docker's ``pkg/archive`` links only inside the layer being applied).
         """
         inode = self._paths.get(target)
+        if inode is None and not self._strict:
+            self.file(path, 0, member)
+            return
         if inode is None:
-            raise UnsafeArchive(member or path,
-                                f"hardlink target {target!r} is not in this layer")
+            raise UnsafeArchive(member or path, f"hardlink target {target!r} is not in this layer")
         if inode == _DIR:
             raise UnsafeArchive(member or path, f"hardlink target {target!r} is a directory")
         self._place(path, member)

@@ -143,9 +143,7 @@ def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     info.uname = ""
     info.gname = ""
     info.size = len(entry.data)
-    records = {
-        f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in entry.xattrs.items()
-    }
+    records = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in entry.xattrs.items()}
     records.update(entry.pax)
     info.pax_headers = records
     return info
