@@ -126,16 +126,18 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.rstrip().splitlines())
 
 
-def _skip(reason: str) -> NoReturn:
+def _missing(reason: str) -> NoReturn:
+    """A required peer tool is missing: fail loudly (``make test`` installs every one of them,
+    so a missing tool is a broken setup, never a reason to pass)."""
     try:
         import pytest
     except ImportError:  # a bench run without pytest
         raise ToolMissingError(reason, cmd=[], returncode=None) from None
-    pytest.skip(reason)
+    pytest.fail(f"{reason} (scripts/setup.sh installs it; run 'make test')", pytrace=False)
 
 
 def require(binary: str) -> str:
-    """The absolute path of ``binary``, or skip the calling test loudly if it is absent.
+    """The absolute path of ``binary``; the calling test fails loudly if it is absent.
 
     Args:
         binary: a command name (``"skopeo"``) or an absolute path.
@@ -148,7 +150,7 @@ def require(binary: str) -> str:
     if found is None:
         name = os.path.basename(binary)
         package = PACKAGES.get(name, name)
-        _skip(
+        _missing(
             f"!!! REQUIRED TOOL MISSING: {name!r} is not installed, so this interop test "
             f"CANNOT RUN. Install it with `apt-get install {package}` (`make test` does). !!!"
         )
