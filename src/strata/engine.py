@@ -55,6 +55,7 @@ from strata.oci import (
     Platform,
     Reference,
     mediatypes,
+    parse_any,
 )
 from strata.oci._json import JSONObject
 from strata.progress import Progress, no_progress
@@ -334,8 +335,7 @@ class Engine:
         for name in names:
             resolved = self.resolve(name)
             image = resolved.image
-            all_records = [r for r in self.images.walk()
-                           if _image_id(self.content, r) == image.id]
+            all_records = self._records_by_id().get(image.id, [])
             if resolved.by_id:
                 named = [r for r in all_records if not r.dangling]
                 if len({r.name for r in named}) > 1 and not force:
@@ -346,34 +346,41 @@ class Engine:
                 targets = all_records
             else:
                 targets = resolved.records
-            for record in targets:
-                self.images.delete(record.name)
-                if not record.dangling and record.reference is not None:
-                    events.append(RemoveEvent("Untagged", record.reference.familiar()))
-            left = [r for r in self.images.walk() if _image_id(self.content, r) == image.id]
-            if not left:
-                events.append(RemoveEvent("Deleted", str(image.id)))
+            events.extend(self._drop(image.id, targets, all_records, ("Untagged", "Deleted")))
         if events:
             self.collect_garbage()
+        return events
+
+    def _records_by_id(self) -> dict[Digest, list[ImageRecord]]:
+        """Every record, grouped by the image ID its manifest names."""
+        out: dict[Digest, list[ImageRecord]] = {}
+        for record in self.images.walk():
+            image_id = _image_id(self.content, record)
+            if image_id is not None:
+                out.setdefault(image_id, []).append(record)
+        return out
+
+    def _drop(self, image_id: Digest, records: Sequence[ImageRecord],
+              group: Sequence[ImageRecord], words: tuple[str, str]) -> list[RemoveEvent]:
+        """Delete ``records`` of one image (``group`` is all of its records) and say so as
+        docker does: untagged per name, deleted once no record is left."""
+        events: list[RemoveEvent] = []
+        for record in records:
+            self.images.delete(record.name)
+            if not record.dangling and record.reference is not None:
+                events.append(RemoveEvent(words[0], record.reference.familiar()))
+        if {r.name for r in records} >= {r.name for r in group}:
+            events.append(RemoveEvent(words[1], str(image_id)))
         return events
 
     def prune(self, *, all_images: bool = False) -> PruneReport:
         """``image prune``: remove dangling images (``all_images``: every image)."""
         events: list[RemoveEvent] = []
         before = sum(b.size for b in self.content.walk())
-        removed_ids: set[Digest] = set()
-        for record in list(self.images.walk()):
-            if not all_images and not record.dangling:
-                continue
-            image_id = _image_id(self.content, record)
-            self.images.delete(record.name)
-            if not record.dangling and record.reference is not None:
-                events.append(RemoveEvent("untagged", record.reference.familiar()))
-            if image_id is not None and image_id not in removed_ids:
-                left = [r for r in self.images.walk() if _image_id(self.content, r) == image_id]
-                if not left:
-                    removed_ids.add(image_id)
-                    events.append(RemoveEvent("deleted", str(image_id)))
+        for image_id, group in self._records_by_id().items():
+            chosen = group if all_images else [r for r in group if r.dangling]
+            if chosen:
+                events.extend(self._drop(image_id, chosen, group, ("untagged", "deleted")))
         self.collect_garbage()
         after = sum(b.size for b in self.content.walk())
         return PruneReport(tuple(events), max(0, before - after))
@@ -387,16 +394,15 @@ class Engine:
                 raw = self.content.read(digest)
             except StrataError:
                 return []
+            if not raw.startswith(b"{"):
+                return []  # a layer: references nothing
             try:
-                kind = mediatypes_sniff(raw)
+                parsed = parse_any(raw)
             except StrataError:
-                return []
-            if kind == "index":
-                return [d.digest for d in Index.parse(raw).manifests]
-            if kind == "manifest":
-                m = Manifest.parse(raw)
-                return [m.config.digest, *(layer.digest for layer in m.layers)]
-            return []
+                return []  # a config or another JSON blob
+            if isinstance(parsed, Index):
+                return [d.digest for d in parsed.manifests]
+            return [parsed.config.digest, *(layer.digest for layer in parsed.layers)]
 
         result = content_pkg.collect(self.content, roots, refs, dry_run=dry_run)
         if not dry_run:
@@ -551,24 +557,6 @@ class Engine:
         except StrataError as exc:
             problems.append(f"{label}: {exc}")
         return problems
-
-
-def mediatypes_sniff(raw: bytes) -> str:
-    """``index``, ``manifest`` or ``other`` for a blob's bytes."""
-    if not raw.startswith(b"{"):
-        return "other"
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return "other"
-    if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
-        return "other"
-    kind = obj.get("mediaType")
-    if kind in mediatypes.INDEX_TYPES or (kind is None and "manifests" in obj):
-        return "index"
-    if kind in mediatypes.IMAGE_MANIFEST_TYPES or (kind is None and "config" in obj):
-        return "manifest"
-    return "other"
 
 
 def _image_id(store: content_pkg.LocalStore, record: ImageRecord) -> Digest | None:

@@ -30,7 +30,7 @@ from strata.errors import (
     StrataError,
 )
 from strata.images.store import ImageRecord, ImageStore, LayerFacts
-from strata.layers import open_decompressed, scan
+from strata.layers import open_decompressed, scan, sniff_compression
 from strata.oci import (
     Descriptor,
     Digest,
@@ -45,7 +45,7 @@ from strata.oci._json import JSONValue, loads_object
 from strata.progress import Progress, ProgressEvent, Stage, no_progress
 
 __all__ = ["LoadedImage", "ImageToStore", "detect_format", "load", "name_from_annotations",
-           "store_images", "sniff_compression"]
+           "store_images"]
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,6 @@ def name_from_annotations(annotations: dict[str, str] | None) -> Reference | Non
         except InvalidArgument:
             return None
     return None
-
-
-def sniff_compression(head: bytes) -> mediatypes.Compression:
-    if head.startswith(b"\x1f\x8b"):
-        return mediatypes.Compression.GZIP
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return mediatypes.Compression.ZSTD
-    return mediatypes.Compression.NONE
 
 
 def detect_format(path: Path) -> str:

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn, Self
@@ -944,31 +944,11 @@ def parse_table(text: str) -> list[dict[str, str]]:
 
 
 def human_duration(seconds: float) -> str:
-    """docker's (go-units ``HumanDuration``) wording for an age, without " ago"."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
+    """docker's (go-units ``HumanDuration``) wording for an age, without " ago": strata's own
+    rendering, which ``tests/interop`` checks against go-units' table."""
+    from strata.cli.render import human_duration as render_duration
+
+    return render_duration(timedelta(seconds=seconds))
 
 
 def acceptable_ages(created: datetime, start: float, end: float, *, slack: float = 60) -> set[str]:
