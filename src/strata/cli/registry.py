@@ -4,6 +4,7 @@ storage root (``--root``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -54,8 +55,11 @@ def serve_cmd(ctx: click.Context, listen: str | None, storage_root: Path | None,
     sink: TextIO = sys.stderr
     if access_log is not None and str(access_log) != "-":
         sink = open(access_log, "a", buffering=1)  # noqa: SIM115 - lives as long as the server
-    click.echo(f"strata registry listening on {config.addr} ({config.storage_driver} storage)", err=True)
-    serve(config, ServeOptions(workers=workers, access_log=sink, event_loop=event_loop))
+    def ready(address: str) -> None:
+        click.echo(f"strata registry listening on {address} ({config.storage_driver} storage, "
+                   f"pid {os.getpid()})", err=True)
+
+    serve(config, ServeOptions(workers=workers, access_log=sink, event_loop=event_loop, ready=ready))
 
 
 @registry_group.command("gc")

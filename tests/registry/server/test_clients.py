@@ -123,3 +123,28 @@ def test_two_servers_sharing_one_s3_bucket_serve_what_the_other_received(
     assert _manifest_digest(out, image.ref) == _manifest_digest(image.oci_layout, image.ref)
     unpacked = tools.umoci_unpack(out, image.ref, tmp_path / "unpacked")
     trees.assert_same_tree(umoci_rootfs("busybox-layers"), unpacked)
+
+
+def test_docker_pushes_and_pulls_through_strata(
+    registry: StrataRegistry,
+    dockerd: tools.Dockerd,
+    test_images: dict[str, baseimages.BuildahImage],
+) -> None:
+    """docker 20.10 (a private dockerd) pushes a loaded image and pulls it back: same image
+    ID. (dockerd treats 127.0.0.0/8 registries as insecure, so plain HTTP is allowed.)"""
+    image = test_images["busybox-history"]
+    remote = f"{registry.address}/docker/history:v1"
+    dockerd.docker("load", "-i", str(image.docker_archive))
+    try:
+        dockerd.docker("tag", image.ref, remote)
+        dockerd.docker("push", remote)
+        dockerd.docker("rmi", remote, image.ref)
+        dockerd.docker("pull", remote)
+        pulled = dockerd.docker("image", "inspect", "--format", "{{.Id}}", remote).stdout.strip()
+        assert pulled == image.image_id
+        digest = http_request(registry.url, "HEAD", "/v2/docker/history/manifests/v1",
+                              headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        repo_digests = dockerd.docker("image", "inspect", "--format", "{{json .RepoDigests}}", remote).stdout
+        assert digest.headers["docker-content-digest"] in repo_digests
+    finally:
+        dockerd.docker("rmi", "-f", remote, check=False)

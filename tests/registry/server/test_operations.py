@@ -155,3 +155,26 @@ def test_serve_reads_yaml_and_toml_and_refuses_bad_config(tmp_path: Path) -> Non
     bad.write_text("access:\n  anonymous: [fly]\nauth:\n  htpasswd: {path: /nonexistent}\n")
     done = tools.run([sys.executable, "-m", "strata", "registry", "serve", "--config", bad], check=False)
     assert done.returncode == 1 and "unknown action(s) fly" in done.stderr
+
+
+def test_access_log_goes_to_the_file_given(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    with StrataRegistry(tmp_path / "reg", extra_args=("--access-log", str(log))) as reg:
+        http_request(reg.url, "GET", "/v2/nothing/tags/list")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "NAME_UNKNOWN" not in (log.read_text() if log.exists() else ""):
+            time.sleep(0.05)
+        assert '"method": "GET"' not in reg.log()  # not on stderr
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["path"] == "/v2/nothing/tags/list" and e["error"] == "NAME_UNKNOWN" for e in entries)
+
+
+def test_a_worker_that_cannot_start_fails_the_server(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = tools.run([sys.executable, "-m", "strata", "registry", "serve", "--root", tmp_path / "s",
+                          "--listen", f"127.0.0.1:{port}", "--workers", "2"], check=False, timeout=60)
+    assert done.returncode == 1
+    assert "registry workers failed" in done.stderr

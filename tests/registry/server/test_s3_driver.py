@@ -633,3 +633,90 @@ def test_listings_follow_s3_pagination(s3: S3Server, root: str) -> None:
             assert {u.id async for u in d.list_uploads()} == uploads
 
     run(scenario)
+
+
+def test_hash_state_from_another_layout_is_not_resumed(s3: S3Server, root: str) -> None:
+    """A state saved by a machine of another byte order is ignored: commit re-hashes."""
+    data = os.urandom(CHUNK + 99)
+
+    async def scenario() -> None:
+        async with Drivers(s3, root) as (d,):
+            status = await d.create_upload("r")
+            await d.append_upload(status.id, 0, stream(data))
+            key = f"{root}/docker/registry/v2/uploads/{status.id}/state"
+            doc = json.loads(await d._get(key, "state"))
+            assert doc["sha256"].startswith("openssl-sha256-ctx-")
+            doc["sha256"] = "openssl-sha256-ctx-elsewhere:" + doc["sha256"].split(":", 1)[1]
+            await d._put(key, json.dumps(doc).encode(), "state")
+            with pytest.raises(DigestMismatch):
+                await d.commit_upload(status.id, sha256(b"wrong"))
+            with pytest.raises(FailedPrecondition, match="sealed"):  # it was re-hashed
+                await d.append_upload(status.id, len(data), stream(b"x"))
+            stat = await d.commit_upload(status.id, sha256(data))
+            assert await read_all(d, stat.digest) == data
+
+    run(scenario)
+
+
+def test_failed_part_upload_loses_no_bytes(s3: S3Server, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 fails one UploadPart mid-stream: the append reports the failure, every byte it had
+    taken in is kept (as a segment), and the client resumes from the status."""
+    data = os.urandom(4 * CHUNK + 5)
+
+    async def scenario() -> None:
+        async with Drivers(s3, root, n=2) as (d1, d2):
+            real = d1._upload_part
+            calls = 0
+
+            async def flaky(upload_id: str, multipart: str, number: int, body: bytes) -> object:
+                nonlocal calls
+                calls += 1
+                if calls == 2:
+                    await asyncio.sleep(0.05)
+                    raise Unavailable("S3 is having a moment")
+                return await real(upload_id, multipart, number, body)
+
+            monkeypatch.setattr(d1, "_upload_part", flaky)
+            status = await d1.create_upload("r")
+            with pytest.raises(Unavailable, match="moment"):
+                await d1.append_upload(status.id, 0, stream(*split(data, [1 << 20] * 20)))
+            kept = (await d2.upload_status(status.id)).size
+            assert 2 * CHUNK <= kept < len(data)
+            await d2.append_upload(status.id, kept, stream(data[kept:]))
+            stat = await d2.commit_upload(status.id, sha256(data))
+            assert await read_all(d1, stat.digest) == data
+
+    run(scenario)
+    assert upload_keys(s3, root) == []
+    assert multiparts(s3, root) == []
+
+
+def test_store_without_conditional_writes_still_works(
+    s3: S3Server, root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3-compatible store that answers If-Match with NotImplemented: states are then
+    written unconditionally and uploads keep working."""
+    from botocore.exceptions import ClientError
+
+    async def scenario() -> None:
+        async with Drivers(s3, root) as (d,):
+            real = d._put
+            refused = 0
+
+            async def put(key: str, data: bytes, what: str, **extra: object) -> object:
+                nonlocal refused
+                if "IfMatch" in extra:
+                    refused += 1
+                    error = ClientError({"Error": {"Code": "NotImplemented", "Message": "no"}}, "PutObject")
+                    raise Unavailable("refused") from error
+                return await real(key, data, what, **extra)
+
+            monkeypatch.setattr(d, "_put", put)
+            status = await d.create_upload("r")
+            await d.append_upload(status.id, 0, stream(b"abc"))
+            await d.append_upload(status.id, 3, stream(b"def"))
+            stat = await d.commit_upload(status.id, sha256(b"abcdef"))
+            assert await read_all(d, stat.digest) == b"abcdef"
+            assert refused == 1  # asked once, then no more
+
+    run(scenario)

@@ -208,7 +208,14 @@ def test_sigkill_mid_upload_then_restart_and_gc(s3: S3Server, tmp_path: Path) ->
                 reg.address, "PUT", with_digest(streaming_put, sha(in_flight_put)), in_flight_put, 2 << 20
             )
         )
-        time.sleep(1)  # let the server take in what was sent (the checks hold either way)
+        # Wait until the streaming PATCH has sent its first part to S3: the crash then
+        # leaves a multipart upload that no upload state mentions yet.
+        patch_id = streaming_patch.split("?")[0].rsplit("/", 1)[1]
+        deadline = time.monotonic() + 60
+        while not any(patch_id in key for key, _ in s3.multipart_uploads(prefix=f"{root}/")):
+            assert time.monotonic() < deadline, "the server never started the multipart upload"
+            time.sleep(0.1)
+        time.sleep(0.5)  # and let the streaming PUT's bytes arrive (the checks hold either way)
     finally:
         reg.kill()
         for sock in sockets:
@@ -221,10 +228,10 @@ def test_sigkill_mid_upload_then_restart_and_gc(s3: S3Server, tmp_path: Path) ->
         assert http_request(base, "GET", "/v2/app/manifests/v1").body == manifest
         for partial in (in_flight_patch, in_flight_put):
             assert http_request(base, "HEAD", f"/v2/app/blobs/{sha(partial)}").status == 404
-        # the interrupted PATCH stored nothing: its upload still starts at 0 (or where it was)
+        # the interrupted PATCH stored nothing (its part is orphaned): the upload is still empty
         status = http_request(base, "GET", streaming_patch)
         assert status.status == 204
-        assert status.headers.get("range", "0-0") in ("0-0", f"0-{CHUNK + (1 << 20) - 1}")
+        assert status.headers.get("range", "0-0") == "0-0"
         # the chunked upload interrupted between requests resumes where it was
         status = http_request(base, "GET", half_done)
         assert (status.status, status.headers["range"]) == (204, f"0-{(1 << 20) - 1}")
@@ -233,25 +240,19 @@ def test_sigkill_mid_upload_then_restart_and_gc(s3: S3Server, tmp_path: Path) ->
         assert answer.status == 201, answer.body
         assert fetch(base, "app", sha(resumed)) == resumed
         assert bucket_blobs(s3, root) == {sha(config_bytes), sha(layer), sha(manifest), sha(resumed)}
+        assert any(patch_id in key for key, _ in s3.multipart_uploads(prefix=f"{root}/"))  # orphaned
 
-        gc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "strata",
-                "registry",
-                "gc",
-                "--config",
-                str(again.config_path),
-                "--uploads-older-than",
-                "0",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert gc.returncode == 0, gc.stderr
+        def gc(*args: str) -> None:
+            command = [sys.executable, "-m", "strata", "registry", "gc", "--config", str(again.config_path)]
+            done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, check=False)
+            assert done.returncode == 0, done.stderr
+
+        before = bucket_state(s3, root)
+        orphans = s3.multipart_uploads(prefix=f"{root}/")
+        gc("--dry-run", "--uploads-older-than", "0")
+        assert bucket_state(s3, root) == before  # a dry run removes nothing
+        assert s3.multipart_uploads(prefix=f"{root}/") == orphans
+        gc("--uploads-older-than", "0")
         # resumed was never referenced by a manifest: swept; the image stays whole
         assert bucket_blobs(s3, root) == {sha(config_bytes), sha(layer), sha(manifest)}
         no_uploads_left(s3, root)

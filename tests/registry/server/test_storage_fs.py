@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from strata.oci import Digest
-from strata.registry.server.storage import StorageDriver, open_driver
+from strata.registry.server.storage import StorageDriver, UploadOffsetError, open_driver
 from strata.registry.server.storage.fs import FilesystemDriver
 
 
@@ -49,3 +49,35 @@ def test_an_interrupted_append_keeps_what_arrived_and_nothing_is_visible(tmp_pat
         assert os.listdir(tmp_path / "uploads") == []
 
     asyncio.run(main())
+
+
+def test_an_append_while_another_process_appends_is_refused(tmp_path: Path) -> None:
+    """Two workers (two driver instances) never interleave bytes of one upload."""
+
+    async def main() -> None:
+        a, b = FilesystemDriver(tmp_path), FilesystemDriver(tmp_path)
+        await a.open()
+        await b.open()
+        up = await a.create_upload("r")
+        gate = asyncio.Event()
+
+        async def slow() -> AsyncIterator[bytes]:
+            yield b"a" * 10
+            await gate.wait()
+            yield b"b" * 10
+
+        first = asyncio.create_task(a.append_upload(up.id, 0, slow()))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UploadOffsetError):
+            await b.append_upload(up.id, 0, _one(b"x" * 5))
+        gate.set()
+        assert (await first).size == 20
+        await b.append_upload(up.id, 20, _one(b"c"))
+        data = b"a" * 10 + b"b" * 10 + b"c"
+        assert (await b.commit_upload(up.id, Digest("sha256", hashlib.sha256(data).hexdigest()))).size == 21
+
+    asyncio.run(main())
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data

@@ -28,7 +28,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from strata.errors import InvalidArgument
+from strata.errors import InvalidArgument, StrataError, Unavailable
 from strata.registry.server.app import build_app
 from strata.registry.server.auth import make_authorizer
 from strata.registry.server.config import ServerConfig
@@ -133,7 +133,10 @@ async def _run(config: ServerConfig, options: ServeOptions, *, reuse_port: bool)
         loop.add_signal_handler(sig, stop.set)
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}", retryable=False) from exc
         if options.ready is not None:
             options.ready(f"{host}:{port}")
         await stop.wait()
@@ -163,6 +166,7 @@ def serve(config: ServerConfig, options: ServeOptions | None = None) -> None:
         InvalidArgument: a bad listen address, driver options or auth files (checked before
             any worker starts).
         NotSupported: an unknown storage driver.
+        Unavailable: a worker process failed (it printed why).
     """
     options = options or ServeOptions()
     if options.event_loop not in ("asyncio", "uvloop"):
@@ -182,6 +186,9 @@ def serve(config: ServerConfig, options: ServeOptions | None = None) -> None:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _worker(config, replace(options), reuse_port=True)
+            except StrataError as exc:
+                print(f"Error: registry worker {os.getpid()}: {exc}", file=sys.stderr)
+                code = 1
             except BaseException:
                 import traceback
 
@@ -199,11 +206,18 @@ def serve(config: ServerConfig, options: ServeOptions | None = None) -> None:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     remaining = set(children)
+    failed = 0
     while remaining:
         try:
-            pid, _status = os.wait()
+            pid, status = os.wait()
         except ChildProcessError:
             break
         except InterruptedError:
             continue
-        remaining.discard(pid)
+        if pid in remaining:
+            remaining.discard(pid)
+            if os.waitstatus_to_exitcode(status) != 0:
+                failed += 1
+    if failed:
+        raise Unavailable(f"{failed} of {options.workers} registry workers failed (see their errors above)",
+                          retryable=False)

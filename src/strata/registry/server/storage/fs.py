@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import time
@@ -36,6 +37,7 @@ __all__ = ["FilesystemDriver"]
 
 _READ_CHUNK = 1 << 20
 _UUID_CHARS = frozenset("0123456789abcdef-")
+_MAX_CACHED = 4096
 
 
 def _fsync_dir(path: Path) -> None:
@@ -183,8 +185,19 @@ class FilesystemDriver:
     def _lock(self, upload_id: str) -> asyncio.Lock:
         lock = self._locks.get(upload_id)
         if lock is None:
+            if len(self._locks) >= _MAX_CACHED:
+                for key in [k for k, v in self._locks.items() if not v.locked()][: _MAX_CACHED // 2]:
+                    del self._locks[key]
             lock = self._locks[upload_id] = asyncio.Lock()
         return lock
+
+    def _remember(self, upload_id: str, state: _HashState) -> None:
+        """Cache a running hash; abandoned uploads' states are evicted (oldest first) and
+        simply re-hashed from disk if their upload comes back."""
+        if len(self._hashes) >= _MAX_CACHED:
+            for key in list(self._hashes)[: _MAX_CACHED // 2]:
+                del self._hashes[key]
+        self._hashes[upload_id] = state
 
     async def create_upload(self, repository: str) -> UploadStatus:
         upload_id = str(uuid.uuid4())
@@ -193,8 +206,17 @@ class FilesystemDriver:
         d.mkdir(parents=True)
         (d / "data").touch()
         _write_atomic(d / "startedat", f"{repository}\n{started}\n".encode())
-        self._hashes[upload_id] = _HashState()
+        self._remember(upload_id, _HashState())
         return UploadStatus(upload_id, repository, 0, started)
+
+    @staticmethod
+    def _flock(fd: int, upload_id: str, size: int, offset: int) -> None:
+        """Hold the upload against other processes (``--workers``) for this append; a
+        concurrent append elsewhere means this one's offset is stale (416)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UploadOffsetError(upload_id, expected=size, actual=offset) from None
 
     def _status(self, upload_id: str) -> UploadStatus:
         d = self._upload_dir(upload_id)
@@ -218,7 +240,7 @@ class FilesystemDriver:
                 while state.size < size and (chunk := f.read(min(_READ_CHUNK, size - state.size))):
                     state.hasher.update(chunk)
                     state.size += len(chunk)
-            self._hashes[upload_id] = state
+            self._remember(upload_id, state)
         return state
 
     async def append_upload(
@@ -229,14 +251,23 @@ class FilesystemDriver:
             if offset != status.size:
                 raise UploadOffsetError(upload_id, expected=status.size, actual=offset)
             data = self._upload_dir(upload_id) / "data"
-            state = self._state(upload_id, data, status.size)
             try:
                 with open(data, "r+b") as f:
+                    self._flock(f.fileno(), upload_id, status.size, offset)
+                    if os.fstat(f.fileno()).st_size != offset:  # another process appended
+                        raise UploadOffsetError(
+                            upload_id, expected=os.fstat(f.fileno()).st_size, actual=offset
+                        )
+                    state = self._state(upload_id, data, status.size)
                     f.seek(status.size)
                     async for chunk in chunks:
                         f.write(chunk)
                         state.hasher.update(chunk)
                         state.size += len(chunk)
+            except UploadOffsetError:
+                raise
+            except FileNotFoundError:
+                raise NotFound(f"upload {upload_id} not found") from None
             except BaseException:
                 self._hashes.pop(upload_id, None)  # the file may hold a partial write
                 raise

@@ -2,8 +2,8 @@
 
 Owns the object layout in the bucket, chunked uploads as S3 multipart uploads, digest
 verification before a blob becomes visible, and translating S3 failures into strata's error
-tree. Must not parse HTTP or validate manifests (the server above does), and must not keep
-any state between requests in the process: several ``strata registry serve`` processes, on
+tree. Must not parse HTTP or validate manifests (the server above does), and must not depend
+on anything kept in the process between requests: several ``strata registry serve`` processes, on
 one machine or many, may share one bucket and any request may land on any of them.
 
 Layout under ``<rootdirectory>/docker/registry/v2/`` (distribution's, so an operator finds
@@ -26,9 +26,11 @@ reads the state, checks its offset, streams the body (completing parts as soon a
 segments and new bytes add up to ``chunksize``; a part costs one GET of the earlier segments
 and one UploadPart), writes what is left as a new segment, and then replaces the state with
 a conditional PUT (``If-Match`` the ETag it read), so that of two requests racing on one
-upload only one wins and the other is answered with the upload's real offset. Nothing lives
-in the process between requests: a PATCH may land on another process than the POST, and the
-PUT on a third.
+upload only one wins and the other is answered with the upload's real offset. Nothing a
+later request needs lives in the process: a PATCH may land on another process than the POST,
+and the PUT on a third. (A process does keep the segments it wrote lately, bounded, to save
+a GET when the same upload's next request comes back to it; segment keys are never
+rewritten, so that copy cannot be stale.)
 
 **Hash state.** The running SHA-256 is part of the upload state: OpenSSL's ``SHA256_CTX``
 (the public, fixed-layout struct of ``openssl/sha.h``; the same idea as distribution saving
@@ -36,6 +38,8 @@ Go's marshalled hash state under ``hashstates/``), driven through :mod:`ctypes` 
 ``libcrypto`` that Python's own :mod:`hashlib` uses. So committing needs no re-read: the
 digest is known before anything is assembled, a mismatch changes nothing, and a match
 completes the multipart upload and copies it (server side) to its content-addressed key.
+A blob smaller than one part never becomes a multipart upload: its segments are read back,
+hashed and written to the final key with one PutObject.
 Where that is unavailable (no ``libcrypto`` with the ``SHA256_*`` API, a state written
 without it, or a ``sha512`` digest) commit *re-hashes*: it completes the multipart upload
 into ``uploads/<id>/data`` (the upload is then *sealed*: it can be committed or cancelled,
@@ -45,11 +49,14 @@ no longer appended to), streams it through :mod:`hashlib`, and copies it only if
 CopyObject or CompleteMultipartUpload of a copy) after its digest was verified, so no
 reader ever sees a partial or unverified blob, whatever process dies when.
 
-**Serving.** Blob GETs are streamed through the registry (ranged GetObject, 256 KiB reads),
+**Serving.** Blob GETs are streamed through the registry (ranged GetObject, read 1 MiB at a time),
 not redirected to a presigned URL: clients that can reach the registry but not the bucket
 keep working, and the bucket's credentials never leave the server.
 
-Memory: an upload in progress buffers at most one part (``chunksize``) per request.
+Limits: an upload in progress buffers at most about one part (``chunksize``) per request;
+S3 allows 10 000 parts, so the largest blob is ``10 000 * chunksize`` (about 98 GiB at the
+default 10 MiB; raise ``chunksize`` for more).  Blobs up to 5 GiB reach their final key with
+one CopyObject, bigger ones with a multipart UploadPartCopy.
 """
 
 from __future__ import annotations
@@ -62,8 +69,10 @@ import ctypes.util
 import hashlib
 import json
 import logging
+import sys
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +104,8 @@ DEFAULT_CHUNK_SIZE = 10 * MIB
 MAX_PART_SIZE = 5 * 1024 * MIB
 MAX_PARTS = 10_000
 _READ_SIZE = 1024 * 1024
+#: Tags a saved hash state with its layout: OpenSSL's SHA256_CTX in this machine's byte order.
+_HASH_FORMAT = f"openssl-sha256-ctx-{sys.byteorder}:"
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
 
 
@@ -331,7 +342,9 @@ class _UploadState:
                 "multipart": self.multipart,
                 "parts": [[p.number, p.etag, p.size] for p in self.parts],
                 "segments": [[s.key, s.size] for s in self.segments],
-                "sha256": base64.b64encode(self.sha256).decode() if self.sha256 is not None else None,
+                "sha256": _HASH_FORMAT + base64.b64encode(self.sha256).decode()
+                if self.sha256 is not None
+                else None,
                 "sealed": self.sealed,
             },
             separators=(",", ":"),
@@ -349,7 +362,10 @@ class _UploadState:
                 multipart=doc.get("multipart"),
                 parts=tuple(_Part(int(n), str(e), int(s)) for n, e, s in doc.get("parts", [])),
                 segments=tuple(_Segment(str(k), int(s)) for k, s in doc.get("segments", [])),
-                sha256=base64.b64decode(sha) if sha else None,
+                # a state saved in another layout (another byte order) is not resumed here
+                sha256=base64.b64decode(sha[len(_HASH_FORMAT) :])
+                if isinstance(sha, str) and sha.startswith(_HASH_FORMAT)
+                else None,
                 sealed=bool(doc.get("sealed", False)),
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -418,8 +434,15 @@ class S3Driver:
         self._stack: contextlib.AsyncExitStack | None = None
         #: Objects at most this big are copied with one CopyObject; bigger ones part by part.
         self.copy_limit = MAX_PART_SIZE
+        #: Whether the store honours ``If-Match`` on PutObject (cleared if it refuses it).
+        self._conditional_writes = True
         #: Keys per list request (``None``: S3's maximum, 1000).
         self.page_size: int | None = None
+        # Segments this process wrote lately (bounded), saving a GET when the next request
+        # of the same upload lands here; purely an optimisation.
+        self._segment_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._segment_cache_size = 0
+        self._segment_cache_limit = max(4 * options.chunksize, 64 * MIB)
 
     @classmethod
     def from_options(cls, options: Mapping[str, object]) -> Self:
@@ -710,7 +733,7 @@ class S3Driver:
         """
         key = self._upload_prefix(upload_id) + "state"
         extra: dict[str, Any] = {"ContentType": "application/json"}
-        if if_match is not None:
+        if if_match is not None and self._conditional_writes:
             extra["IfMatch"] = if_match
         try:
             await self._put(key, state.to_json(), f"upload {upload_id}", **extra)
@@ -719,6 +742,15 @@ class S3Driver:
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 current, _ = await self._read_state(upload_id)
                 raise UploadOffsetError(upload_id, expected=current.size, actual=offset) from exc
+            if "IfMatch" in extra and code in ("NotImplemented", "InvalidArgument", "InvalidRequest"):
+                # An S3-compatible store without conditional writes: carry on without the
+                # race check (racing PATCHes on one upload are a client error anyway).
+                _log.warning(
+                    "S3 store refuses If-Match (%s); upload states are written unconditionally", code
+                )
+                self._conditional_writes = False
+                await self._put(key, state.to_json(), f"upload {upload_id}", ContentType="application/json")
+                return
             raise
 
     async def create_upload(self, repository: str) -> UploadStatus:
@@ -738,8 +770,27 @@ class S3Driver:
         state, _ = await self._read_state(upload_id)
         return state.status(upload_id)
 
+    def _remember_segment(self, key: str, data: bytes) -> None:
+        """Keep a segment's bytes for the next request on this process (a segment key is
+        never rewritten, so a cached copy is always right; another process just GETs it)."""
+        self._segment_cache[key] = data
+        self._segment_cache_size += len(data)
+        while self._segment_cache_size > self._segment_cache_limit:
+            _, old = self._segment_cache.popitem(last=False)
+            self._segment_cache_size -= len(old)
+
+    def _forget_segments(self, keys: list[str]) -> None:
+        for key in keys:
+            old = self._segment_cache.pop(key, None)
+            if old is not None:
+                self._segment_cache_size -= len(old)
+
+    async def _segment(self, key: str, what: str) -> bytes:
+        cached = self._segment_cache.get(key)
+        return cached if cached is not None else await self._get(key, what)
+
     async def _concat(self, segments: tuple[_Segment, ...] | list[_Segment], what: str) -> bytes:
-        datas = await asyncio.gather(*(self._get(s.key, what) for s in segments))
+        datas = await asyncio.gather(*(self._segment(s.key, what) for s in segments))
         data = b"".join(datas)
         expected = sum(s.size for s in segments)
         if len(data) != expected:
@@ -798,40 +849,68 @@ class S3Driver:
         buf = bytearray()  # bytes after the parts and ``pending``, not yet stored
         received = 0
         failure: Exception | None = None
+        # One part uploads while the next one is received; its bytes are kept until S3 has
+        # them, and go back to the front of ``buf`` if it fails, so nothing hashed is lost.
+        inflight: tuple[asyncio.Task[_Part], bytes] | None = None
+
+        async def settle() -> None:
+            nonlocal inflight
+            if inflight is None:
+                return
+            task, body = inflight
+            inflight = None
+            try:
+                parts.append(await task)
+            except BaseException:
+                buf[0:0] = body
+                raise
+
         try:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                data = bytes(chunk)
-                if hasher is not None:
-                    hasher.update(data)
-                buf += data
-                received += len(data)
-                if pending_size + len(buf) < chunksize:
-                    continue
-                if pending:  # the stored tail becomes the start of the next part
-                    buf[0:0] = await self._concat(pending, what)
-                    garbage.extend(s.key for s in pending)
-                    pending, pending_size = [], 0
-                while len(buf) >= chunksize:
-                    if multipart is None:
-                        multipart = await self._start_multipart(upload_id)
-                    part = await self._upload_part(
-                        upload_id, multipart, len(parts) + 1, bytes(buf[:chunksize])
-                    )
-                    parts.append(part)
-                    del buf[:chunksize]
-        except Exception as exc:  # keep what arrived: the client resumes from the status
-            failure = exc
+            try:
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    data = bytes(chunk)
+                    if hasher is not None:
+                        hasher.update(data)
+                    buf += data
+                    received += len(data)
+                    if pending_size + len(buf) < chunksize:
+                        continue
+                    if pending:  # the stored tail becomes the start of the next part
+                        buf[0:0] = await self._concat(pending, what)
+                        garbage.extend(s.key for s in pending)
+                        pending, pending_size = [], 0
+                    while len(buf) >= chunksize:
+                        await settle()  # at most one part in flight
+                        if multipart is None:
+                            multipart = await self._start_multipart(upload_id)
+                        body = bytes(buf[:chunksize])
+                        del buf[:chunksize]
+                        task = asyncio.ensure_future(
+                            self._upload_part(upload_id, multipart, len(parts) + 1, body)
+                        )
+                        inflight = (task, body)
+            except Exception as exc:  # keep what arrived: the client resumes from the status
+                failure = exc
+            try:
+                await settle()
+            except Exception as exc:
+                failure = failure or exc
+        finally:
+            if inflight is not None:  # cancelled: do not leave the upload running detached
+                inflight[0].cancel()
         if buf:
             start = state.size + received - len(buf)
             key = f"{self._upload_prefix(upload_id)}seg-{start:015d}-{uuid.uuid4().hex[:8]}"
+            tail = bytes(buf)
             try:
-                await self._put(key, bytes(buf), what)
+                await self._put(key, tail, what)
             except StrataError:
                 if failure is not None:
                     raise failure from None
                 raise
+            self._remember_segment(key, tail)
             pending.append(_Segment(key, len(buf)))
         new_state = _UploadState(
             repository=state.repository,
@@ -845,6 +924,7 @@ class S3Driver:
         if received or multipart != state.multipart:
             await self._write_state(upload_id, new_state, if_match=etag, offset=offset)
         if garbage:
+            self._forget_segments(garbage)
             try:
                 await self._delete_keys(garbage, what)
             except StrataError as exc:  # harmless: removed with the upload
@@ -977,6 +1057,7 @@ class S3Driver:
             except NotFound:
                 pass
         keys = [str(obj["Key"]) async for obj in self._list(prefix, what)]
+        self._forget_segments(keys)
         if keys:  # the state goes last: while it exists the upload is listed, so GC can retry
             found = True
             await self._delete_keys([k for k in keys if not k.endswith("/state")], what)
