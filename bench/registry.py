@@ -157,8 +157,8 @@ def _get_worker(url: str, digests: list[str], connections: int, verify: bool) ->
     async def main() -> int:
         total = 0
         connector = aiohttp.TCPConnector(limit=connections)
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=600)) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600),
+                                         read_bufsize=4 << 20) as session:
 
             async def fetch(digest: str) -> None:
                 nonlocal total

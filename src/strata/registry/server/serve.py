@@ -129,8 +129,15 @@ async def _run(config: ServerConfig, options: ServeOptions, *, reuse_port: bool)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        # A plain handler (not loop.add_signal_handler, which puts back SIG_DFL when the loop
+        # closes): a second SIGTERM during or after the graceful stop must not kill us.
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
         try:

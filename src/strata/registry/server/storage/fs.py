@@ -11,9 +11,12 @@ Layout under ``rootdirectory``::
     repositories/<name>/_referrers/<subject-hex>/<hex>      contains the descriptor JSON
 
 Crash safety: a blob appears under ``blobs/`` only by ``rename`` of a file that was
-written completely, hashed to its name and fsynced; small metadata files are written to a
-temporary name and renamed.  A SIGKILL at any instant leaves either the old state or the
-new one, plus possibly an upload directory that GC purges.  Owns only this layout.
+written completely, hashed to its name and fsynced (and its directory fsynced after); small
+metadata files (links, revisions, tags) are written to a temporary name and renamed.  A
+SIGKILL at any instant leaves either the old state or the new one, plus possibly an upload
+directory that GC purges.  After a power loss blobs are as durable as their fsync; the
+metadata written in the last moments may be lost (never torn), as with distribution's
+filesystem driver, which fsyncs nothing.  Owns only this layout.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ multipart upload (each exactly ``chunksize`` bytes, at least S3's 5 MiB minimum)
 by *segments*, small objects holding the bytes received since the last whole part. A PATCH
 reads the state, checks its offset, streams the body (completing parts as soon as the
 segments and new bytes add up to ``chunksize``; a part costs one GET of the earlier segments
-and one UploadPart), writes what is left as a new segment, and then replaces the state with
+and one UploadPart, which runs while the next part is being received), writes what is left
+as a new segment, and then replaces the state with
 a conditional PUT (``If-Match`` the ETag it read), so that of two requests racing on one
 upload only one wins and the other is answered with the upload's real offset. Nothing a
 later request needs lives in the process: a PATCH may land on another process than the POST,
@@ -319,6 +320,18 @@ class _Segment:
     size: int
 
 
+def _saved_hash(text: object) -> bytes | None:
+    """A saved SHA-256 state, or ``None`` when it was saved in another layout (another byte
+    order, another library) or is damaged: the commit then re-hashes."""
+    if not isinstance(text, str) or not text.startswith(_HASH_FORMAT):
+        return None
+    try:
+        raw = base64.b64decode(text[len(_HASH_FORMAT) :], validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) == _ResumableSha256.CTX_SIZE else None
+
+
 @dataclass(frozen=True, slots=True)
 class _UploadState:
     """What ``uploads/<id>/state`` holds."""
@@ -362,10 +375,7 @@ class _UploadState:
                 multipart=doc.get("multipart"),
                 parts=tuple(_Part(int(n), str(e), int(s)) for n, e, s in doc.get("parts", [])),
                 segments=tuple(_Segment(str(k), int(s)) for k, s in doc.get("segments", [])),
-                # a state saved in another layout (another byte order) is not resumed here
-                sha256=base64.b64decode(sha[len(_HASH_FORMAT) :])
-                if isinstance(sha, str) and sha.startswith(_HASH_FORMAT)
-                else None,
+                sha256=_saved_hash(sha),
                 sealed=bool(doc.get("sealed", False)),
             )
         except (ValueError, KeyError, TypeError) as exc:
