@@ -70,19 +70,24 @@ def serve_cmd(ctx: click.Context, listen: str | None, storage_root: Path | None,
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
 @click.option("--uploads-older-than", "upload_max_age", type=click.FloatRange(min=0), default=86400.0,
               show_default=True, metavar="SECONDS", help="Purge uploads started longer ago than this.")
+@click.option("--blobs-younger-than", "blob_min_age", type=click.FloatRange(min=0), default=3600.0,
+              show_default=True, metavar="SECONDS",
+              help="Spare unreferenced blobs committed less than this long ago (pushes in flight).")
 @click.pass_context
 def gc_cmd(ctx: click.Context, storage_root: Path | None, config_path: Path | None, dry_run: bool,
-           upload_max_age: float) -> None:
+           upload_max_age: float, blob_min_age: float) -> None:
     """Delete blobs no manifest references, and abandoned uploads."""
     if storage_root is None and config_path is None:
         storage_root = _default_root(ctx)
     config = resolve_config(config_path, root=storage_root)
-    report = run_gc(config, dry_run=dry_run, upload_max_age=upload_max_age)
+    report = run_gc(config, dry_run=dry_run, upload_max_age=upload_max_age, blob_min_age=blob_min_age)
     verb = "would delete" if dry_run else "deleted"
     for blob in report.swept:
         click.echo(f"{verb} blob {blob.digest} ({render.human_size(blob.size)})")
     for upload in report.uploads:
         click.echo(f"{verb} upload {upload.id} ({render.human_size(upload.size)})")
+    if report.recent:
+        click.echo(f"kept {report.recent} unreferenced blobs younger than {blob_min_age:g}s")
     for problem in report.errors:
         click.echo(f"warning: {problem}", err=True)
     click.echo(

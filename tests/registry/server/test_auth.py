@@ -214,3 +214,22 @@ def test_tokens_of_an_external_issuer_are_verified_with_its_public_key(tmp_path:
         r = http_request(reg.url, "GET", f"/v2/ext/app/blobs/{_d(b'data')}",
                          headers=token(issuer_key, actions=["pull"]))
         assert r.body == b"data"
+
+
+def test_token_endpoint_speaks_the_oauth2_password_grant(token_registry: StrataRegistry) -> None:
+    """containerd and docker's refresh-token flow POST the credentials as a form."""
+    reg = token_registry
+    form = "grant_type=password&username=alice&password=wonderland&service=strata-test" \
+           "&scope=repository%3Ateam%2Fapp%3Apull%2Cpush&client_id=strata-test"
+    r = http_request(reg.url, "POST", "/auth/token", body=form.encode(),
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 200, r.body
+    token = r.json()["access_token"]
+    assert _push(reg, "team/app", b"via oauth", {"Authorization": f"Bearer {token}"}).status == 201
+    bad = form.replace("wonderland", "nope")
+    r = http_request(reg.url, "POST", "/auth/token", body=bad.encode(),
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 401 and r.json()["error"] == "invalid_grant"
+    r = http_request(reg.url, "POST", "/auth/token", body=b"grant_type=refresh_token&refresh_token=x",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 400 and r.json()["error"] == "unsupported_grant_type"

@@ -58,8 +58,14 @@ def test_gc_sweeps_only_unreferenced_blobs_and_old_uploads(tmp_path: Path) -> No
         pending = http_request(reg.url, "POST", "/v2/app/blobs/uploads/").headers["location"]
         http_request(reg.url, "PATCH", pending, body=b"in flight")
 
-    before = tree_digest(reg.storage)
+    # Within the grace period (default an hour) unreferenced blobs are spared: a push may
+    # still be about to name them in a manifest.
     out = _gc(reg.storage, "--dry-run", "--uploads-older-than", "0")
+    assert "would delete blob" not in out
+    assert "kept 3 unreferenced blobs younger than 3600s" in out  # orphan, dropped, deleted manifest
+
+    before = tree_digest(reg.storage)
+    out = _gc(reg.storage, "--dry-run", "--uploads-older-than", "0", "--blobs-younger-than", "0")
     assert f"would delete blob {_d(orphan)}" in out
     assert f"would delete blob {_d(dropped)}" in out
     assert f"would delete blob {_d(deleted)}" in out   # the deleted manifest's own bytes
@@ -67,10 +73,10 @@ def test_gc_sweeps_only_unreferenced_blobs_and_old_uploads(tmp_path: Path) -> No
     assert tree_digest(reg.storage) == before
 
     # Default age (24h): a fresh upload is not abandoned yet.
-    out = _gc(reg.storage)
+    out = _gc(reg.storage, "--blobs-younger-than", "0")
     assert "0 uploads deleted" in out
     assert len(list((reg.storage / "uploads").iterdir())) == 1
-    out = _gc(reg.storage, "--uploads-older-than", "0")
+    out = _gc(reg.storage, "--uploads-older-than", "0", "--blobs-younger-than", "0")
     assert list((reg.storage / "uploads").iterdir()) == []
 
     with StrataRegistry(tmp_path / "reg") as reg:

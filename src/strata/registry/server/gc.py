@@ -4,8 +4,11 @@ Owns the mark-and-sweep over a :class:`StorageDriver`: every manifest revision o
 repository is a root (tags point at revisions); a manifest marks itself, its config and
 layers, and an index marks the manifests it lists.  Sweeping deletes unmarked blobs (and the
 repository links to them) and purges uploads started longer ago than a threshold (those a
-crash or a client abandoned).  Like distribution's ``garbage-collect``, run it while no
-client pushes (a blob uploaded but not yet referenced by a manifest is unreferenced).
+crash or a client abandoned).  Unreferenced blobs younger than a grace period (an hour by
+default) are spared, because a client pushing an image uploads its blobs before the
+manifest that names them; with that, collecting while clients push is safe for pushes that
+take less than the grace period (distribution's ``garbage-collect`` asks for read-only
+mode instead).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ __all__ = ["GCReport", "collect_garbage", "run_gc"]
 
 @dataclass(frozen=True, slots=True)
 class GCReport:
-    """What a collection found and (unless a dry run) removed."""
+    """What a collection found and (unless a dry run) removed; ``recent`` counts the
+    unreferenced blobs spared for being younger than the grace period."""
 
     dry_run: bool
     marked: int
@@ -32,6 +36,7 @@ class GCReport:
     uploads: tuple[UploadStatus, ...] = ()
     links: int = 0
     repositories: int = 0
+    recent: int = 0
     errors: tuple[str, ...] = field(default=())
 
     @property
@@ -41,7 +46,11 @@ class GCReport:
 
 
 async def collect_garbage(
-    driver: StorageDriver, *, dry_run: bool = False, upload_max_age: float = 24 * 3600
+    driver: StorageDriver,
+    *,
+    dry_run: bool = False,
+    upload_max_age: float = 24 * 3600,
+    blob_min_age: float = 3600,
 ) -> GCReport:
     """Mark and sweep; the driver must be open.
 
@@ -49,6 +58,8 @@ async def collect_garbage(
         driver: the registry's storage.
         dry_run: only report what would be removed.
         upload_max_age: purge uploads started more than this many seconds ago.
+        blob_min_age: spare unreferenced blobs committed less than this many seconds ago
+            (a client pushing an image uploads its blobs before the manifest naming them).
 
     Returns:
         The report.
@@ -74,9 +85,18 @@ async def collect_garbage(
                 marked.update(layer.digest for layer in parsed.layers)
             elif isinstance(parsed, Index):
                 marked.update(m.digest for m in parsed.manifests)
-    swept = [blob async for blob in driver.walk_blobs() if blob.digest not in marked]
+    now = time.time()
+    swept, recent = [], 0
+    async for blob in driver.walk_blobs():
+        if blob.digest in marked:
+            continue
+        if blob.modified is not None and blob.modified > now - blob_min_age:
+            recent += 1
+            marked.add(blob.digest)  # keep its links too
+            continue
+        swept.append(blob)
     swept_digests = {b.digest for b in swept}
-    cutoff = time.time() - upload_max_age
+    cutoff = now - upload_max_age
     uploads = [u async for u in driver.list_uploads() if u.started <= cutoff]
     links = 0
     for repo in repositories:
@@ -103,11 +123,18 @@ async def collect_garbage(
         uploads=tuple(uploads),
         links=links,
         repositories=len(repositories),
+        recent=recent,
         errors=tuple(errors),
     )
 
 
-def run_gc(config: ServerConfig, *, dry_run: bool = False, upload_max_age: float = 24 * 3600) -> GCReport:
+def run_gc(
+    config: ServerConfig,
+    *,
+    dry_run: bool = False,
+    upload_max_age: float = 24 * 3600,
+    blob_min_age: float = 3600,
+) -> GCReport:
     """Open the configured storage, collect garbage, close it (blocking).
 
     Raises:
@@ -120,7 +147,9 @@ def run_gc(config: ServerConfig, *, dry_run: bool = False, upload_max_age: float
         driver = open_driver(config.storage_driver, config.storage_options)
         await driver.open()
         try:
-            return await collect_garbage(driver, dry_run=dry_run, upload_max_age=upload_max_age)
+            return await collect_garbage(
+                driver, dry_run=dry_run, upload_max_age=upload_max_age, blob_min_age=blob_min_age
+            )
         finally:
             await driver.close()
 

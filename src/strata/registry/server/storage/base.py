@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -64,10 +64,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class BlobStat:
-    """A committed blob: its digest and size in bytes."""
+    """A committed blob: its digest and size in bytes.
+
+    ``modified`` is when it was committed (seconds since the epoch) when the driver knows
+    (``walk_blobs`` should fill it: GC spares blobs younger than a grace period, which a
+    client may still be about to reference from a manifest).  It takes no part in equality.
+    """
 
     digest: Digest
     size: int
+    modified: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

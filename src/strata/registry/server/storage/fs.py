@@ -173,10 +173,10 @@ class FilesystemDriver:
             for entry in sorted(prefix.iterdir()):
                 try:
                     digest = Digest.from_hex(entry.name)
-                    size = entry.stat().st_size
+                    st = entry.stat()
                 except (InvalidArgument, FileNotFoundError):
                     continue
-                yield BlobStat(digest, size)
+                yield BlobStat(digest, st.st_size, st.st_mtime)
 
     # ---------------------------------------------------------------- uploads
 
