@@ -26,6 +26,7 @@ from strata.testing import baseimages, tools
 from strata.testing.registries import (
     ALICE,
     BOB,
+    CredentialHelper,
     Fault,
     FaultKind,
     Grant,
@@ -414,3 +415,21 @@ def test_servers_leave_nothing_running(tmp_path: Path) -> None:
     assert all(_refused(p) for p in ports)
     assert not Path(f"/proc/{pid}").exists()
     assert {t.ident for t in threading.enumerate()} <= threads_before
+
+
+def test_credential_helper_serves_skopeo(tmp_path: Path, busybox: TestImage) -> None:
+    """The test keychain speaks docker's helper protocol well enough for containers/image."""
+    helper = CredentialHelper.install(tmp_path / "helper")
+    with Registry(tmp_path / "reg", htpasswd=dict([ALICE])) as reg:
+        skopeo_push(busybox, reg, "private/busybox:1", creds=ALICE)
+        authfile = tmp_path / "auth.json"
+        authfile.write_text(json.dumps({"credHelpers": {reg.address: helper.name}}))
+        inspect = [
+            "skopeo", "inspect", "--raw", "--tls-verify=false", "--authfile", str(authfile),
+            f"docker://{reg.address}/private/busybox:1",
+        ]  # fmt: skip
+        assert tools.run(inspect, env=helper.env(), check=False).returncode != 0  # empty keychain
+        helper.put(reg.address, *ALICE)
+        raw = tools.run(inspect, env=helper.env())
+        assert _sha256(raw.stdout.encode()) == busybox.manifest_digest
+        assert helper.calls() == [f"get {reg.address}", f"get {reg.address}"]

@@ -51,8 +51,10 @@ import os
 import secrets
 import select
 import shutil
+import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -86,6 +88,7 @@ _KEY_PREFIX = "extract-"
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _CHUNK = 1 << 20
+_OPENED = ".opened"
 
 
 # -- worker side ---------------------------------------------------------------------------
@@ -113,6 +116,10 @@ def _extract(target: str, source: str, compression: str | None,
     try:
         try:
             raw = open(source, "rb", buffering=0)  # noqa: SIM115 - closed below
+            if stat.S_ISFIFO(os.fstat(raw.fileno()).st_mode):
+                # Tell the feeding side it may close its end now: the bytes in the pipe
+                # outlive its close only while a reader has the FIFO open.
+                os.close(os.open(f"{source}{_OPENED}", os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError as exc:
             raise Unavailable(f"cannot open layer source {source}: {exc.strerror}") from exc
         with raw:
@@ -121,10 +128,6 @@ def _extract(target: str, source: str, compression: str | None,
                 return apply(Path(target), stream, options)
     except StrataError as exc:
         return _Failure(type(exc), str(exc), dict(exc.__dict__))
-
-
-def _warm() -> int:
-    return os.getpid()
 
 
 class Extractor:
@@ -142,12 +145,14 @@ class Extractor:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["strata.images.rootfs"])
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        self._lock = threading.Lock()  # submit() from several threads races process spawning
 
     def submit(self, target: Path, source: Path, compression: Compression | None, *,
                overlay: bool) -> Future[LayerStats | _Failure]:
         """Extract the layer at ``source`` (blob file or FIFO) onto ``target`` in a worker."""
-        return self._pool.submit(_extract, str(target), str(source),
-                                 None if compression is None else str(compression), overlay)
+        with self._lock:
+            return self._pool.submit(_extract, str(target), str(source),
+                                     None if compression is None else str(compression), overlay)
 
     def close(self) -> None:
         """Stop the workers (after the layers submitted so far)."""
@@ -268,7 +273,17 @@ class LayerFeed:
         return total
 
     def close(self) -> None:
-        """The bytes are complete (and their digest verified): let the extraction finish."""
+        """The bytes are complete (and their digest verified): let the extraction finish.
+
+        Waits until the worker has opened the FIFO (the pipe's bytes would be lost if both
+        ends were closed before), or until the extraction is over.
+        """
+        opened = Path(f"{self.path}{_OPENED}")
+        while not opened.exists():
+            future = self._future
+            if future is not None and future.done():
+                break
+            time.sleep(0.005)
         with self._lock:
             if not self.closed:
                 self.closed = True
@@ -277,6 +292,13 @@ class LayerFeed:
     def abort(self, reason: BaseException | None = None) -> None:
         """Discard this layer: its snapshot will not be committed."""
         self.aborted = reason or Unavailable("layer stream aborted", retryable=False)
+        future = self._future
+        if future is None or future.cancel():  # never started: nothing to unblock
+            with self._lock:
+                if not self.closed:
+                    self.closed = True
+                    os.close(self._fd)
+            return
         self.close()
 
 
@@ -357,6 +379,8 @@ class ImageUnpack:
             self._ready.notify_all()
 
     def _start(self, layer: _Layer, parent: str | None) -> None:
+        if layer.feed is not None and layer.feed.aborted is not None:
+            raise layer.feed.aborted
         key = _temp_key(layer.chain)
         mounts = self.snapshotter.prepare(key, parent)
         layer.key = key
@@ -404,6 +428,8 @@ class ImageUnpack:
 
     def _result(self, layer: _Layer) -> LayerStats:
         assert layer.future is not None
+        if layer.feed is not None and layer.feed.aborted is not None and layer.future.cancelled():
+            raise layer.feed.aborted
         result = layer.future.result()
         if isinstance(result, _Failure):
             raise result.rebuild()
@@ -439,9 +465,9 @@ class ImageUnpack:
                     raise Unavailable(f"layer {index} was never given to unpack")
                 layer = self._layers[index]
             parent = str(self.chain_ids[index - 1]) if index else None
-            if not self.overlay:
-                self._start(layer, parent)
             try:
+                if not self.overlay:
+                    self._start(layer, parent)
                 stats = self._result(layer)
             except BaseException:
                 self._discard(layer)

@@ -19,6 +19,8 @@ This module owns the far side of the registry client's boundary in tests:
   request and response body byte per exchange (so a test can say "no byte of this blob was
   uploaded") and injects :class:`Fault`\\ s on matching requests: cut the connection after N
   bytes of a body, flip a byte, answer 500/429 N times, substitute a body;
+- :class:`CredentialHelper`: a ``docker-credential-NAME`` program keeping secrets in a JSON
+  file (a keychain double for ``credsStore`` / ``credHelpers``);
 - :func:`derive_image` and :func:`skopeo_push`: small test images sharing layers, pushed by
   a real client.
 
@@ -379,7 +381,9 @@ class _Server:
             raise RuntimeError(f"{self._name} is not started")  # programming error
         return self._loop
 
-    def start(self, app: web.Application, *, on_start: Callable[[], Awaitable[None]] | None = None) -> None:
+    def start(
+        self, app: web.Application, *, on_start: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
         thread.start()
@@ -401,6 +405,10 @@ class _Server:
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
 
     def call(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         asyncio.run_coroutine_threadsafe(fn(), self.loop).result(30)
@@ -544,13 +552,15 @@ class TokenService:
                 actions.update(grant.actions)
         return actions
 
-    def issue(self, user: str | None, scopes: Sequence[str]) -> tuple[str, list[dict[str, object]]]:
+    def issue(
+        self, user: str | None, scopes: Sequence[str]
+    ) -> tuple[str, tuple[tuple[str, str, tuple[str, ...]], ...]]:
         """A signed token for ``user`` granting what they may of ``scopes``.
 
         Returns:
-            The compact JWT and its ``access`` claim.
+            The compact JWT and its ``access`` claim as ``(type, name, actions)`` entries.
         """
-        access: list[dict[str, object]] = []
+        granted: list[tuple[str, str, tuple[str, ...]]] = []
         for scope in scopes:
             for part in scope.split(" "):
                 m = _SCOPE.match(part)
@@ -558,8 +568,9 @@ class TokenService:
                     continue
                 asked = [a for a in m["actions"].split(",") if a]
                 allowed = self.allowed(user, m["name"]) if m["type"] == "repository" else set()
-                given = [a for a in asked if a in allowed or "*" in allowed]
-                access.append({"type": m["type"], "name": m["name"], "actions": given})
+                given = tuple(a for a in asked if a in allowed or "*" in allowed)
+                granted.append((m["type"], m["name"], given))
+        access = [{"type": t, "name": n, "actions": list(a)} for t, n, a in granted]
         now = int(time.time())
         claims = {
             "iss": self.issuer,
@@ -576,7 +587,7 @@ class TokenService:
         if self.x5c:
             headers["x5c"] = [base64.b64encode(der).decode()]
         token = jwt.encode(claims, self._key, algorithm="ES256", headers=headers)
-        return token, access
+        return token, tuple(granted)
 
     def _check(self, user: str | None, password: str | None) -> bool:
         return user is None or (user in self.users and self.users[user] == password)
@@ -614,11 +625,7 @@ class TokenService:
                 status=401,
                 headers={"WWW-Authenticate": f'Basic realm="{self.realm}"'},
             )
-        token, access = self.issue(user, scopes)
-        granted = tuple(
-            (str(a["type"]), str(a["name"]), tuple(str(x) for x in a["actions"]))  # type: ignore[attr-defined]
-            for a in access
-        )
+        token, granted = self.issue(user, scopes)
         self._record(TokenRequest(request.method, user, service, scopes, granted, 200))
         issued = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body: dict[str, object] = {
@@ -1321,7 +1328,7 @@ class Proxy:
     def stop(self) -> None:
         """Stop serving and close upstream connections. Idempotent."""
         session, self._session = self._session, None
-        if session is not None and self._server._loop is not None:
+        if session is not None and self._server.running:
             self._server.call(session.close)
         self._server.stop()
 

@@ -76,15 +76,11 @@ class ImageLocation:
             return cls("docker", reference=Reference.parse(rest[2:]))
         if not rest:
             raise InvalidArgument(f"invalid image location {text!r}: missing path")
-        path, name = rest, None
-        head, colon, tail = rest.rpartition(":")
-        if colon and head and "/" not in tail:
-            path, name = head, tail or None
-        elif colon and head and kind == "docker-archive":
-            # docker-archive:FILE:REPO/NAME:TAG — the path is up to the first ':'.
-            first, _, remainder = rest.partition(":")
-            path, name = first, remainder or None
-        return cls(kind, path=Path(path), name=name)
+        # As skopeo: the path runs to the first ':', the rest names the image.
+        path, _, name = rest.partition(":")
+        if not path:
+            raise InvalidArgument(f"invalid image location {text!r}: missing path")
+        return cls(kind, path=Path(path), name=name or None)
 
     def __str__(self) -> str:
         if self.kind == "docker":

@@ -8,11 +8,12 @@ The steps, as docker and containerd take them:
 2. fetch the config;
 3. fetch the layers in a bounded thread pool.  Each layer streams into
    ``LocalStore.writer(ref, expected=desc)`` (size and digest verified while streaming;
-   nothing is published on a mismatch) *and* into the extraction of its snapshot
-   (:class:`strata.images.ImageUnpack`: a worker process decompresses and applies the bytes
-   as they arrive; the snapshot is committed only once the digest is verified) or, without
-   a snapshotter, into a thread that scans it (diff_id, sizes), so that when the last byte
-   arrives the layer is nearly done.
+   nothing is published on a mismatch).  As soon as a layer's blob is verified, its
+   extraction into a snapshot starts (:class:`strata.images.ImageUnpack`, in worker
+   processes) while the other layers are still downloading; without a snapshotter, the
+   bytes are teed as they arrive into a thread that scans them (diff_id, sizes), so that
+   when the last byte arrives the layer is done.  (Streaming the bytes straight into the
+   extraction FIFO is not used yet: a FIFO closed before its reader opens it loses data.)
    A broken connection resumes with ``Range`` from the bytes already written; a layer whose
    blob is already in the store is skipped (``Already exists``); foreign layers are fetched
    from their ``urls``;
@@ -27,7 +28,7 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
@@ -47,7 +48,6 @@ from strata.images import (
     ImageToStore,
     ImageUnpack,
     LayerFacts,
-    LayerFeed,
     store_images,
 )
 from strata.layers import LayerStats, open_decompressed, scan
@@ -171,13 +171,12 @@ class _Layer:
     """One layer's download, teeing into the store and into an extraction or a scan."""
 
     def __init__(self, puller: _Puller, index: int, desc: Descriptor,
-                 feed: LayerFeed | None) -> None:
+                 unpack: Callable[[int, Descriptor], None] | None) -> None:
         self.puller = puller
         self.index = index
         self.desc = desc
-        self.feed = feed
+        self.unpack = unpack  # starts the layer's extraction from its committed blob
         self.id = _short(desc.digest)
-        self.feed_error: StrataError | None = None
 
     def run(self) -> LayerFacts | None:
         p = self.puller
@@ -186,7 +185,7 @@ class _Layer:
         writer = p.content.writer(ref, desc)
         pipe: ChunkPipe | None = None
         consumer: cf.Future[LayerStats] | None = None
-        if self.feed is None and p.scan:
+        if self.unpack is None and p.scan:
             pipe = ChunkPipe()
             consumer = p.consumers.submit(self._scan, pipe)
         try:
@@ -201,8 +200,6 @@ class _Layer:
                 pipe.close(exc if isinstance(exc, Exception) else None)
             if consumer is not None:
                 cf.wait([consumer])
-            if self.feed is not None:
-                self.feed.abort(exc)
             if isinstance(exc, StrataError) and not isinstance(exc, RegistryUnavailable):
                 writer.abort()
             else:
@@ -211,10 +208,9 @@ class _Layer:
         p.added(committed.digest)
         if pipe is not None:
             pipe.close()
-        if self.feed is not None:
-            if self.feed_error is not None:
-                raise self.feed_error
-            self.feed.close()  # the digest is verified: the extraction may be committed
+        if self.unpack is not None:
+            # Verified and published: extract it now, while other layers still download.
+            self.unpack(self.index, desc)
         p.progress(ProgressEvent(self.id, Stage.DOWNLOAD_COMPLETE, desc.size, desc.size))
         if consumer is None:
             return None
@@ -239,18 +235,9 @@ class _Layer:
     def _tee(self, chunk: bytes, pipe: ChunkPipe | None) -> None:
         if pipe is not None:
             pipe.feed(chunk)
-        if self.feed is not None and self.feed_error is None:
-            try:
-                self.feed.write(chunk)
-            except StrataError as exc:
-                # Keep downloading: a digest mismatch, if that is the cause, says more.
-                self.feed_error = exc
-            except Exception as exc:  # the extraction worker died (BrokenProcessPool...)
-                self.feed_error = Unavailable(f"extracting layer {self.desc.digest}: {exc!r}",
-                                              retryable=False)
 
     def _replay(self, ref: str, offset: int, pipe: ChunkPipe | None) -> None:
-        if pipe is None and self.feed is None:
+        if pipe is None:
             return
         try:
             with open(self.puller.content.ingest_dir(ref) / "data", "rb") as f:
@@ -419,6 +406,11 @@ def fetch_image(client: RegistryClient, content: LocalStore, ref: Reference, *,
     if opts.snapshotter is not None:
         job = ImageUnpack(opts.snapshotter, diff_ids, extractor=opts.extractor,
                           progress=unpack_progress)
+
+    def unpack(index: int, desc: Descriptor) -> None:
+        assert job is not None
+        job.blob(index, content.blob_path(desc.digest),
+                 mediatypes.layer_compression(desc.media_type))
     try:
         needed = set(job.needed) if job is not None else set()
         jobs: list[_Layer] = []
@@ -439,8 +431,8 @@ def fetch_image(client: RegistryClient, content: LocalStore, ref: Reference, *,
                     later.append(i)
                 continue
             downloading.add(desc.digest)
-            feed = job.stream(i, compression) if job is not None and i in needed else None
-            jobs.append(_Layer(puller, i, desc, feed))
+            jobs.append(_Layer(puller, i, desc, unpack if job is not None and i in needed
+                               else None))
             progress(ProgressEvent(_short(desc.digest), Stage.WAITING, 0, desc.size))
         if jobs:
             with cf.ThreadPoolExecutor(puller.workers, thread_name_prefix="strata-pull") as pool:
@@ -453,9 +445,6 @@ def fetch_image(client: RegistryClient, content: LocalStore, ref: Reference, *,
                 except BaseException:
                     for f in futures:
                         f.cancel()
-                    for layer in jobs:
-                        if layer.feed is not None:
-                            layer.feed.abort()
                     raise
         result.downloaded = [j.desc.digest for j in jobs]
         if job is not None:
