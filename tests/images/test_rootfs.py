@@ -259,15 +259,25 @@ def test_aborted_stream_commits_nothing_of_that_layer(
     built = testimages.build_image(_big_layers(2, 40, 50_000))
     diff_ids = [Digest.parse(layer.diff_id) for layer in built.layers]
     with ImageUnpack(snapshotter, diff_ids, extractor=extractor) as job:
-        ok = job.stream(0, Compression.GZIP)
-        ok.write(built.layers[0].data)
-        ok.close()
-        bad = job.stream(1)
-        half = built.layers[1].data[: len(built.layers[1].data) // 2]
-        bad.write(half)
-        bad.abort(DigestMismatch("download failed its digest check", expected="a", actual="b"))
+
+        def good() -> None:  # feeds block until the worker reads: one thread per download
+            ok = job.stream(0, Compression.GZIP)
+            ok.write(built.layers[0].data)
+            ok.close()
+
+        def broken() -> None:
+            bad = job.stream(1)
+            bad.write(built.layers[1].data[: len(built.layers[1].data) // 2])
+            bad.abort(DigestMismatch("download failed its digest check", expected="a",
+                                     actual="b"))
+
+        threads = [threading.Thread(target=good), threading.Thread(target=broken)]
+        for t in threads:
+            t.start()
         with pytest.raises(DigestMismatch, match="download failed its digest check"):
             job.wait(timeout=60)
+        for t in threads:
+            t.join()
     assert {i.name for i in snapshotter.walk()} == {str(diff_ids[0])}
     assert snapshotter.cleanup() == 0
 

@@ -428,9 +428,13 @@ class ImageUnpack:
 
     def _result(self, layer: _Layer) -> LayerStats:
         assert layer.future is not None
-        if layer.feed is not None and layer.feed.aborted is not None and layer.future.cancelled():
+        if layer.feed is not None and layer.feed.aborted is not None:
+            with contextlib.suppress(Exception):
+                layer.future.result()  # the worker's end, whatever it made of the stump
             raise layer.feed.aborted
         result = layer.future.result()
+        if layer.feed is not None and layer.feed.aborted is not None:
+            raise layer.feed.aborted
         if isinstance(result, _Failure):
             raise result.rebuild()
         if layer.feed is not None and layer.feed.aborted is not None:
