@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from strata.engine import Engine
-from strata.errors import DigestMismatch, Unavailable, UnsafeArchive
+from strata.errors import DigestMismatch, InvalidContent, Unavailable, UnsafeArchive
 from strata.images import Extractor, ImageUnpack, LocalImage, apply_layers, unpack
 from strata.oci import Compression, Digest, chain_ids, mediatypes
 from strata.snapshots import Kind, NativeSnapshotter, OverlaySnapshotter, Snapshotter
@@ -289,12 +289,24 @@ def test_corrupt_stream_fails_the_feed_and_the_wait(
     data = bytearray(built.layers[0].data)
     data[len(data) // 3] ^= 0xFF
     diff_ids = [Digest.parse(built.layers[0].diff_id)]
+    failures: list[BaseException] = []
     with ImageUnpack(snapshotter, diff_ids, extractor=extractor) as job:
-        feed = job.stream(0, Compression.GZIP)
-        with pytest.raises(Exception):  # noqa: B017 - the extraction's error, or EOF mismatch
-            feed.write(bytes(data))
-            feed.close()
+
+        def download() -> None:
+            feed = job.stream(0, Compression.GZIP)
+            try:
+                feed.write(bytes(data))
+            except InvalidContent as exc:  # the worker failed first: stop feeding
+                failures.append(exc)
+                feed.abort(exc)
+            else:
+                feed.close()
+
+        thread = threading.Thread(target=download)
+        thread.start()
+        with pytest.raises(InvalidContent, match="gzip"):
             job.wait(timeout=60)
+        thread.join()
     assert list(snapshotter.walk()) == []
 
 
@@ -352,6 +364,7 @@ def test_engine_unpack_snapshots_uses_the_store_snapshotter(tmp_path: Path) -> N
     assert (engine.root / "snapshots" / "overlay" / "metadata.db").exists()
     image = engine.resolve("localhost/e:latest").image
     assert isinstance(image, LocalImage)
-    with pytest.raises(Unavailable):
-        with ImageUnpack(engine.snapshotter, [Digest.parse("sha256:" + "1" * 64)]) as job:
-            job.wait(timeout=0.1)
+    never_given = [Digest.parse("sha256:" + "1" * 64)]
+    with pytest.raises(Unavailable, match="never given"), \
+            ImageUnpack(engine.snapshotter, never_given) as job:
+        job.wait(timeout=0.1)

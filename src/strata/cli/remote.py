@@ -67,6 +67,7 @@ class _Progress:
         self.tty = sys.stderr.isatty() and not quiet
         self.lines = _LineProgress(quiet or self.tty)
         self.bars = render.LayerProgress() if self.tty else None
+        self._totals: dict[str, int] = {}
 
     def __enter__(self) -> _Progress:
         if self.bars is not None:
@@ -80,11 +81,14 @@ class _Progress:
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.bars is not None:
-            if event.total is None and event.stage is Stage.PULL_COMPLETE:
-                event = ProgressEvent(event.id, Stage.DONE, 1, 1)
-            elif event.total is None:
-                return
-            self.bars(event)
+            if event.total is not None:
+                self._totals[event.id] = event.total
+            elif event.id in self._totals:
+                # Extraction events carry no byte counts: show the layer's size, full.
+                total = self._totals[event.id]
+                event = ProgressEvent(event.id, event.stage, total, total, event.detail)
+            if event.total is not None:
+                self.bars(event)
         self.lines(event)
 
 

@@ -376,6 +376,8 @@ class ImageUnpack:
             self._layers[index] = layer
             if self.overlay:
                 self._start(layer, None)
+            elif index == self.needed[0]:  # its parent is committed already
+                self._start(layer, str(self.chain_ids[index - 1]) if index else None)
             self._ready.notify_all()
 
     def _start(self, layer: _Layer, parent: str | None) -> None:
@@ -470,7 +472,7 @@ class ImageUnpack:
                 layer = self._layers[index]
             parent = str(self.chain_ids[index - 1]) if index else None
             try:
-                if not self.overlay:
+                if layer.future is None:
                     self._start(layer, parent)
                 stats = self._result(layer)
             except BaseException:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from strata.errors import InvalidArgument, InvalidContent
+from strata.errors import InvalidContent
 
 __all__ = [
     "DEFAULT_CERTS_DIRS",
@@ -174,12 +174,3 @@ def load_registries_toml(path: Path) -> tuple[frozenset[str], dict[str, Path]]:
             cas[location] = Path(ca)
     return frozenset(insecure), cas
 
-
-def parse_insecure(values: Sequence[str]) -> frozenset[str]:
-    """Validate ``--insecure-registry`` values (``host[:port]``, no scheme or path)."""
-    out: set[str] = set()
-    for value in values:
-        if "/" in value or not value:
-            raise InvalidArgument(f"--insecure-registry {value!r}: expected host[:port]")
-        out.add(value)
-    return frozenset(out)

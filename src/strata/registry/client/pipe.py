@@ -88,6 +88,3 @@ class ChunkPipe:
         data = self.read(len(target))
         target[: len(data)] = data
         return len(data)
-
-    def close_reader(self) -> None:
-        self.abandon()
