@@ -7,6 +7,10 @@ What it measures, on one image made once and cached (see :func:`large_image`):
 - **umoci**: ``umoci unpack --image LAYOUT:REF BUNDLE`` straight from the layout;
 - **skopeo+umoci**: ``skopeo copy oci:LAYOUT:REF oci:NEWLAYOUT:REF`` then ``umoci unpack
   --image NEWLAYOUT:REF BUNDLE``, the pipeline that does what strata's load+unpack does;
+- optionally (``--snapshots``) **strata snapshots**: ``strata load`` then unpacking the image
+  into the store's overlay snapshots (``Engine.unpack_snapshots``: layers extracted in
+  parallel worker processes, one directory per layer, committed as chainIDs) — what a pull
+  or a ``run`` needs, rather than a plain directory;
 - optionally (``--raw-umoci``) **umoci raw**: ``umoci raw unpack``, which writes the rootfs
   without the runtime config and the mtree manifest ``umoci unpack`` hashes every file for.
 
@@ -808,7 +812,8 @@ class Results:
     timed_wall: float = 0.0
 
 
-def _contenders(image: ImageInfo, rnd: Path, policy: Path, *, raw_umoci: bool) -> list[Contender]:
+def _contenders(image: ImageInfo, rnd: Path, policy: Path, *, raw_umoci: bool,
+                snapshots: bool = False) -> list[Contender]:
     strata = (sys.executable, "-m", "strata", "--root", str(rnd / "strata-root"))
     layout = f"{image.layout}:{image.ref}"
     copied = rnd / "skopeo-layout"
@@ -862,6 +867,24 @@ def _contenders(image: ImageInfo, rnd: Path, policy: Path, *, raw_umoci: bool) -
             rnd / "pipeline-bundle" / "rootfs",
         ),
     ]
+    if snapshots:
+        snap_root = rnd / "strata-snap-root"
+        code = ("import sys; from pathlib import Path; from strata.engine import Engine;"
+                " Engine(Path(sys.argv[1])).unpack_snapshots(sys.argv[2])")
+        out.append(
+            Contender(
+                "strata-snap",
+                "strata load+snapshots",
+                (
+                    Step("strata load (snapshots)",
+                         (sys.executable, "-m", "strata", "--root", str(snap_root), "load",
+                          "-i", str(image.layout))),
+                    Step("strata snapshot unpack",
+                         (sys.executable, "-c", code, str(snap_root), image.ref)),
+                ),
+                snap_root,
+            )
+        )
     if raw_umoci:
         out.append(
             Contender(
@@ -1128,6 +1151,9 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("part", "skopeo copy", "  skopeo copy"),
     ("part", "umoci unpack (copied layout)", "  umoci unpack"),
     ("total", "umoci-raw", "umoci raw unpack (no mtree)"),
+    ("total", "strata-snap", "strata load+snapshots"),
+    ("part", "strata load (snapshots)", "  strata load"),
+    ("part", "strata snapshot unpack", "  strata snapshot unpack"),
 )
 
 
@@ -1161,6 +1187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--raw-umoci",
         action="store_true",
         help="also time `umoci raw unpack` (rootfs only, no mtree)",
+    )
+    parser.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="also time strata load + unpack into overlay snapshots (Engine.unpack_snapshots)",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the tree comparison")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached image")
@@ -1218,7 +1249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for rnd in range(1, args.runs + 1):
                 rdir = work / f"round-{rnd}"
                 rdir.mkdir()
-                contenders = _contenders(image, rdir, policy, raw_umoci=args.raw_umoci)
+                contenders = _contenders(image, rdir, policy, raw_umoci=args.raw_umoci,
+                                         snapshots=args.snapshots)
                 fingerprints.append(_source_fingerprint())
                 got: dict[str, float] = {}
                 line = []
@@ -1349,6 +1381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.raw_umoci:
         print(f"ratio strata/umoci raw unpack: {_fmt_ratio(ratios['strata/umoci raw'])}")
+    if args.snapshots:
+        umoci_times = results.totals.get("umoci")
+        snap_total = _ratio(results.totals.get("strata-snap"), umoci_times)
+        snap_only = _ratio(results.parts.get("strata snapshot unpack"), umoci_times)
+        print(f"ratio strata load+snapshots/umoci unpack: {_fmt_ratio(snap_total)};"
+              f" snapshot unpack only/umoci unpack: {_fmt_ratio(snap_only)}")
     if check.done:
         print(f"correctness: strata's tree vs umoci's rootfs: "
               f"{'MATCH' if check.matched else 'DIFFERENT'}")  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -59,6 +60,8 @@ from strata.oci import (
 )
 from strata.oci._json import JSONObject
 from strata.progress import Progress, no_progress
+from strata.registry import client as regclient
+from strata.snapshots import Snapshotter, open_snapshotter
 
 __all__ = [
     "Engine",
@@ -501,6 +504,115 @@ class Engine:
                     layer_stats.diff_id, layer_stats.size, layer_stats.disk_size,
                     layer_stats.entries))
         return [s.diff_id for s in stats]
+
+    @functools.cached_property
+    def snapshotter(self) -> Snapshotter:
+        """The store's snapshotter under ``ROOT/snapshots``: ``$STRATA_SNAPSHOTTER``
+        (``overlay``, ``native``) or, by default, overlay where the kernel allows it."""
+        return open_snapshotter(self.root / "snapshots",
+                                os.environ.get("STRATA_SNAPSHOTTER", "auto"))
+
+    def unpack_snapshots(self, name: str, *, progress: Progress = no_progress) -> Digest | None:
+        """Unpack an image's layers into the snapshotter; returns the top layer's chainID.
+
+        Layers whose chainID is already committed are skipped; the others are extracted in
+        worker processes (in parallel on overlay) and committed as their chainIDs.
+        """
+        image = self.resolve(name).image
+        layers = [(layer.diff_id, self.content.blob_path(layer.descriptor.digest),
+                   mediatypes.layer_compression(layer.descriptor.media_type))
+                  for layer in image.layers()]
+        return images_pkg.apply_layers(self.snapshotter, layers, progress=progress)
+
+    # -- registries (strata.registry.client) ---------------------------------------------
+    def configure_registries(self, *, insecure: Sequence[str] = (), ca_file: Path | None = None,
+                             docker_config: Path | None = None, workers: int | None = None,
+                             chunk_size: int | None = None) -> None:
+        """Registry options beyond ``ROOT/registries.toml``: ``--insecure-registry`` hosts
+        (plain HTTP), a CA bundle, the docker ``config.json`` holding credentials."""
+        base = regclient.RegistryOptions()
+        self._registry_options = regclient.RegistryOptions(
+            insecure=frozenset(insecure), ca_file=ca_file, docker_config=docker_config,
+            workers=workers or base.workers, chunk_size=chunk_size,
+        ).with_config_file(self.root / "registries.toml")
+        self.__dict__.pop("registry_client", None)
+
+    @functools.cached_property
+    def registry_client(self) -> regclient.RegistryClient:
+        """The registry client (connection pools, tokens) under this engine's options."""
+        options = getattr(self, "_registry_options", None)
+        if options is None:
+            options = regclient.RegistryOptions().with_config_file(
+                self.root / "registries.toml")
+        return regclient.RegistryClient(options)
+
+    @functools.cached_property
+    def blob_sources(self) -> regclient.BlobSources:
+        """Which repositories each blob was pulled from or pushed to (for mounts)."""
+        return regclient.BlobSources(self.root / "blob-sources.db")
+
+    def pull(self, name: str, *, platform: Platform | None = None,
+             progress: Progress = no_progress, unpack: bool = True) -> regclient.PullResult:
+        """``pull NAME``: fetch an image (layers in parallel, verified, resumable), unpack
+        its layers into snapshots while they stream in, and record it under NAME."""
+        ref = Reference.parse(name)
+        client = self.registry_client
+        options = regclient.PullOptions(
+            platform=platform, workers=client.options.workers,
+            snapshotter=self.snapshotter if unpack else None)
+        return regclient.pull(client, self.content, self.images, ref, options=options,
+                                    progress=progress, sources=self.blob_sources)
+
+    def push(self, name: str, *, destination: str | None = None,
+             progress: Progress = no_progress) -> regclient.PushResult:
+        """``push NAME``: send a local image to the registry its name (or ``destination``)
+        points at; blobs the registry has are skipped, known ones are mounted."""
+        resolved = self.resolve(name)
+        ref = Reference.parse(destination or name)
+        client = self.registry_client
+        options = regclient.PushOptions(workers=client.options.workers,
+                                              chunk_size=client.options.chunk_size)
+        return regclient.push(client, self.content, resolved.image, ref, options=options,
+                                    sources=self.blob_sources, progress=progress)
+
+    def login(self, registry: str, username: str, password: str) -> str:
+        """``login``: verify credentials with the registry and store them in docker's
+        config.json; returns the key they are stored under."""
+        return regclient.login(self.registry_client, registry or "docker.io", username,
+                                     password)
+
+    def logout(self, registry: str) -> str:
+        """``logout``: forget a registry's stored credentials."""
+        return regclient.logout(self.registry_client, registry or "docker.io")
+
+    def copy(self, source: str, destination: str, *, platform: Platform | None = None,
+             progress: Progress = no_progress) -> regclient.CopyResult:
+        """``copy SRC DST`` between ``docker://``, ``oci:``, ``oci-archive:`` and
+        ``docker-archive:`` locations (skopeo's names)."""
+        src = regclient.ImageLocation.parse(source)
+        dst = regclient.ImageLocation.parse(destination)
+        client = self.registry_client
+        return regclient.copy_image(client, self.content, self.tmp, src, dst,
+                                          platform=platform, sources=self.blob_sources,
+                                          progress=progress, workers=client.options.workers)
+
+    def manifest_inspect(self, name: str) -> regclient.FetchedManifest:
+        """``manifest inspect NAME``: the manifest or index as the registry serves it."""
+        return regclient.manifest_inspect(self.registry_client, Reference.parse(name))
+
+    def inspect_remote(self, name: str, *, platform: Platform | None = None,
+                       ) -> regclient.RemoteInspect:
+        """``inspect --remote NAME``: the image's config summary, read from its registry."""
+        return regclient.inspect_remote(self.registry_client, Reference.parse(name),
+                                              platform=platform)
+
+    def referrers(self, name: str, *, artifact_type: str | None = None) -> Index:
+        """The manifests in NAME's repository whose subject is NAME's manifest (OCI 1.1)."""
+        ref = Reference.parse(name)
+        client = self.registry_client
+        repo = client.repository(ref)
+        digest = ref.digest or regclient.manifest_inspect(client, ref).digest
+        return repo.referrers(digest, artifact_type=artifact_type)
 
     # -- consistency -----------------------------------------------------------------
     def fsck(self) -> FsckReport:

@@ -22,6 +22,15 @@ class Stage(StrEnum):
     EXTRACTING = "Extracting"
     DONE = "Done"
     WRITING = "Writing"
+    DOWNLOADING = "Downloading"
+    DOWNLOAD_COMPLETE = "Download complete"
+    PULL_COMPLETE = "Pull complete"
+    PREPARING = "Preparing"
+    PUSHING = "Pushing"
+    PUSHED = "Pushed"
+    MOUNTED = "Mounted from"
+    LAYER_EXISTS = "Layer already exists"
+    RETRYING = "Retrying"
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,12 +66,19 @@ def images_cmd(ctx: click.Context, reference: str | None, quiet: bool, no_trunc:
               " carry Size).")
 @click.option("-f", "--format", "fmt", default=None, help="Print one top-level field"
               " (e.g. '{{.Id}}').")
+@click.option("--remote", is_flag=True, help="Inspect the image in its registry (as skopeo"
+              " inspect), without pulling it.")
+@click.option("--platform", default=None, help="With --remote: which image of a"
+              " multi-platform index (os/arch[/variant]).")
 @click.pass_context
-def inspect_cmd(ctx: click.Context, names: tuple[str, ...], size: bool, fmt: str | None) -> None:
+def inspect_cmd(ctx: click.Context, names: tuple[str, ...], size: bool, fmt: str | None,
+                remote: bool, platform: str | None) -> None:
     """Display detailed information on images."""
     del size
     engine = engine_of(ctx)
-    out = [engine.inspect(name).to_json() for name in names]
+    plat = Platform.parse(platform) if platform else None
+    out = [engine.inspect_remote(name, platform=plat).to_json() if remote
+           else engine.inspect(name).to_json() for name in names]
     if fmt:
         key = fmt.strip().removeprefix("{{").removesuffix("}}").strip().removeprefix(".")
         for item in out:

@@ -16,6 +16,7 @@ import click
 from strata import __version__
 from strata.cli import images as images_cmds
 from strata.cli import registry as registry_cmds
+from strata.cli import remote as remote_cmds
 from strata.cli import system as system_cmds
 from strata.cli.context import State
 from strata.errors import StrataError
@@ -37,6 +38,7 @@ def cli(ctx: click.Context, root: Path | None, debug: bool) -> None:
 images_cmds.register(cli)
 system_cmds.register(cli)
 registry_cmds.register(cli)
+remote_cmds.register(cli)
 
 
 def main() -> None:

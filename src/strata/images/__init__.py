@@ -11,6 +11,11 @@ from strata.images.load import LoadedImage as LoadedImage
 from strata.images.load import load as load
 from strata.images.load import name_from_annotations as name_from_annotations
 from strata.images.load import store_images as store_images
+from strata.images.rootfs import Extractor as Extractor
+from strata.images.rootfs import ImageUnpack as ImageUnpack
+from strata.images.rootfs import LayerFeed as LayerFeed
+from strata.images.rootfs import apply_layers as apply_layers
+from strata.images.rootfs import remove_abandoned as remove_abandoned
 from strata.images.save import SaveFormat as SaveFormat
 from strata.images.save import SaveItem as SaveItem
 from strata.images.save import write_docker_archive as write_docker_archive
@@ -35,24 +40,29 @@ from strata.images.view import resolve_manifest as resolve_manifest
 __all__ = [
     "DANGLING_PREFIX",
     "DiskUsage",
+    "Extractor",
     "Image",
     "ImageFacts",
     "ImageRecord",
     "ImageStore",
     "ImageSummary",
     "ImageToStore",
+    "ImageUnpack",
     "ImportOptions",
     "ImportResult",
     "Layer",
+    "LayerFeed",
     "LayerFacts",
     "LoadedImage",
     "LocalImage",
     "LocalLayer",
     "SaveFormat",
     "SaveItem",
+    "apply_layers",
     "import_rootfs",
     "load",
     "name_from_annotations",
+    "remove_abandoned",
     "resolve_manifest",
     "store_images",
     "summarize",

@@ -865,14 +865,21 @@ class StrataCLI:
     Calling it returns the :class:`subprocess.CompletedProcess` (text stdout/stderr) and,
     with ``check`` (the default), raises :class:`ToolError` showing stderr on a non-zero
     exit. ``$STRATA_TEST_COMMAND`` (a shell-quoted command line) replaces
-    ``python -m strata``, to run the same tests against another build or a shim.
+    ``python -m strata``, to run the same tests against another build or a shim. ``env``
+    sets variables for every call (``DOCKER_CONFIG`` for a private credentials file).
     """
 
     def __init__(
-        self, root: Path, *, command: Sequence[str] | None = None, timeout: float = 900
+        self,
+        root: Path,
+        *,
+        command: Sequence[str] | None = None,
+        timeout: float = 900,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
         self.timeout = timeout
+        self.env = dict(env or {})
         override = os.environ.get("STRATA_TEST_COMMAND")
         if command is not None:
             self.command = list(command)
@@ -891,6 +898,7 @@ class StrataCLI:
                 check=check,
                 input=input,
                 timeout=self.timeout,
+                env=self.env,
                 unset=("STRATA_ROOT",),
             )
         except ToolError as exc:

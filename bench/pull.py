@@ -1,0 +1,191 @@
+"""``strata pull`` against ``skopeo copy`` + ``umoci unpack``, ``podman pull`` and ``docker pull``.
+
+The image is the large multi-layer image of :mod:`bench.unpack` (built once, cached), pushed
+by skopeo (digests kept) to Debian's ``docker-registry`` on 127.0.0.1.  Each round runs every
+contender once, interleaved, each into a fresh store:
+
+- **strata**: ``strata --root NEW pull REF`` — download, verify, record, and unpack every
+  layer into (overlay) snapshots, as docker's pull extracts into its graph driver;
+- **skopeo+umoci**: ``skopeo copy docker://REF oci:NEW:x`` then ``umoci unpack``;
+- **podman**: ``podman pull`` into a fresh private containers-storage (overlay);
+- **docker**: ``docker pull`` into a private dockerd 20.10 (overlay2); the image is removed,
+  untimed, after each round (``--insecure-registry`` is implicit for 127.0.0.1).
+
+Medians of ``--runs`` rounds and ratios are printed.  Target (issue 3): strata's pull at most
+0.5x the faster of podman and docker.  Exits 0 whether or not it is met, 1 if a tool fails.
+
+Run from the checkout, as root::
+
+    .venv/bin/python -m bench.pull [--runs 3] [--json out.json] [--skip docker]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.unpack import default_cache_dir, large_image
+from strata.testing import tools
+
+TARGET_RATIO = 0.5
+REPOSITORY = "bench/large"
+TAG = "1"
+
+
+@dataclass(slots=True)
+class Contender:
+    """A named command sequence; ``prepare``/``cleanup`` run untimed around ``run``."""
+
+    name: str
+    run: Callable[[Path], None]
+    cleanup: Callable[[Path], None] = field(default=lambda _: None)
+    samples: list[float] = field(default_factory=list)
+
+
+def _strata(*args: str | Path) -> None:
+    tools.run([sys.executable, "-m", "strata", *[str(a) for a in args]],
+              unset=("STRATA_ROOT",), timeout=1800)
+
+
+def _rm(path: Path) -> None:
+    tools.unmount_under(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def registry_with_image(scratch: Path, layout: Path, ref: str) -> Iterator[tuple[tools.DockerRegistry, str]]:
+    """A docker-registry on 127.0.0.1 holding the bench image; yields it and the reference."""
+    with tools.DockerRegistry(scratch / "registry") as reg:
+        target = f"{reg.address}/{REPOSITORY}:{TAG}"
+        tools.skopeo_copy(f"oci:{layout}:{ref}", f"docker://{target}",
+                          extra=["--preserve-digests", "--dest-tls-verify=false"])
+        yield reg, target
+
+
+def short_runroot(work: Path) -> Path:
+    """A run root for podman in /tmp (it refuses run roots longer than 50 characters)."""
+    path = Path("/tmp") / f"sbr-{abs(hash(str(work))) % 10**8}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _median(samples: Sequence[float]) -> float | None:
+    return statistics.median(samples) if samples else None
+
+
+def report(contenders: Sequence[Contender], baseline_names: Sequence[str], subject: str,
+           target: float, what: str) -> dict[str, object]:
+    """Print medians and ratios; returns them for ``--json``."""
+    medians = {c.name: _median(c.samples) for c in contenders}
+    print(f"\n{what}: median wall time of {len(contenders[0].samples)} interleaved runs")
+    for c in contenders:
+        runs = ", ".join(f"{s:.2f}" for s in c.samples)
+        print(f"  {c.name:14s} {medians[c.name] or float('nan'):8.2f} s   ({runs})")
+    ours = medians.get(subject)
+    ratios: dict[str, float] = {}
+    for c in contenders:
+        m = medians[c.name]
+        if c.name != subject and ours and m:
+            ratios[c.name] = ours / m
+            print(f"  {subject}/{c.name:12s} {ours / m:6.2f}x")
+    base = [medians[n] for n in baseline_names if medians.get(n)]
+    met: bool | None = None
+    if ours and base:
+        best = min(b for b in base if b is not None)
+        ratio = ours / best
+        met = ratio <= target
+        print(f"  target: {subject} <= {target}x the faster of {', '.join(baseline_names)}:"
+              f" {ratio:.2f}x -> {'met' if met else 'NOT met'}")
+    return {"medians": medians, "ratios": ratios, "target": target, "met": met,
+            "samples": {c.name: c.samples for c in contenders}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["skopeo+umoci", "podman", "docker"])
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="where stores go (default: a directory beside the cache)")
+    args = parser.parse_args(argv)
+
+    cache = default_cache_dir()
+    image = large_image(cache)
+    print(f"image: {image.ref} {len(image.layers)} layers, {image.compressed / 1e6:.0f} MB"
+          f" compressed, {image.uncompressed / 1e6:.0f} MB uncompressed, {image.entries} entries")
+    scratch_base = args.scratch or cache / "runs"
+    scratch_base.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="pull-", dir=scratch_base))
+    try:
+        with ExitStack() as stack:
+            reg, ref = stack.enter_context(registry_with_image(scratch, image.layout, image.ref))
+            contenders: list[Contender] = []
+
+            contenders.append(Contender(
+                "strata", lambda d: _strata("--root", d / "root", "pull", "-q", ref)))
+            if "skopeo+umoci" not in args.skip:
+                def skopeo_umoci(d: Path) -> None:
+                    tools.skopeo_copy(f"docker://{ref}", f"oci:{d / 'layout'}:x",
+                                      extra=["--src-tls-verify=false"])
+                    tools.umoci_unpack(d / "layout", "x", d / "bundle")
+                contenders.append(Contender("skopeo+umoci", skopeo_umoci))
+            if "podman" not in args.skip:
+                def podman_pull(d: Path) -> None:
+                    store = tools.containers_store(d / "podman", short_runroot(d))
+                    tools.podman(["pull", "-q", "--tls-verify=false", ref], store=store)
+
+                def podman_clean(d: Path) -> None:
+                    runroot = short_runroot(d)
+                    tools.unmount_under(d / "podman", runroot)
+                    shutil.rmtree(runroot, ignore_errors=True)
+                contenders.append(Contender("podman", podman_pull, podman_clean))
+            if "docker" not in args.skip:
+                daemon = stack.enter_context(tools.Dockerd(scratch / "dockerd"))
+
+                def docker_pull(d: Path) -> None:
+                    daemon.docker("pull", "-q", ref)
+
+                def docker_clean(d: Path) -> None:
+                    daemon.docker("rmi", "-f", ref, check=False)
+                    daemon.docker("image", "prune", "-f", check=False)
+                contenders.append(Contender("docker", docker_pull, docker_clean))
+
+            for round_ in range(args.runs):
+                for c in contenders:
+                    work = scratch / f"{c.name}-{round_}"
+                    work.mkdir()
+                    subprocess.run(["sync"], check=False)
+                    time.sleep(1.0)
+                    started = time.perf_counter()
+                    c.run(work)
+                    c.samples.append(time.perf_counter() - started)
+                    c.cleanup(work)
+                    _rm(work)
+                print(f"round {round_ + 1}: " + ", ".join(
+                    f"{c.name} {c.samples[-1]:.2f}s" for c in contenders), flush=True)
+            del reg
+            baseline = [c.name for c in contenders if c.name in ("podman", "docker")]
+            result = report(contenders, baseline, "strata", TARGET_RATIO, "pull")
+    except tools.ToolError as exc:
+        print(f"a tool failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _rm(scratch)
+    if args.json:
+        args.json.write_text(json.dumps({"image": image.to_json(), **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
