@@ -96,6 +96,9 @@ __all__ = [
 
 _LOOPBACK = "127.0.0.1"
 
+#: The registry servers :class:`Registry` can start.
+SERVERS = ("docker-registry", "strata")
+
 #: Test identities (user, password) for the auth registries.
 ALICE = ("alice", "alice-secret")
 BOB = ("bob", "bob-secret")
@@ -669,7 +672,9 @@ class TokenService:
 
 
 class Registry:
-    """Debian's ``docker-registry serve CONFIG`` (distribution 2.8) with auth and TLS options.
+    """A registry with auth and TLS options: Debian's ``docker-registry serve CONFIG``
+    (distribution 2.8) by default, or ``server="strata"`` for ``strata registry serve
+    --config CONFIG`` given the same distribution-shaped configuration.
 
     ``with Registry(workdir, htpasswd={"alice": "pw"}, tls=make_tls(d)) as reg: reg.address``.
     At most one of ``htpasswd`` and ``token``. Storage is ``workdir/storage``; deletes are
@@ -689,10 +694,14 @@ class Registry:
         htpasswd: Mapping[str, str] | None = None,
         token: TokenService | None = None,
         tls: TLSFiles | None = None,
+        server: str = "docker-registry",
         start_timeout: float = 30,
     ) -> None:
+        if server not in SERVERS:
+            raise ValueError(f"unknown registry server {server!r}")  # test misuse
         if htpasswd is not None and token is not None:
             raise ValueError("a registry has one auth method: htpasswd or token")  # test misuse
+        self.server = server
         self.workdir = workdir
         self.storage = workdir / "storage"
         self.users = dict(htpasswd or {})
@@ -772,7 +781,6 @@ class Registry:
         Raises:
             ToolError: it did not come up (after three tries on fresh ports).
         """
-        binary = tools.require("docker-registry")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage.mkdir(parents=True, exist_ok=True)
         if self._htpasswd:
@@ -782,7 +790,7 @@ class Registry:
             self.port = tools.free_port()
             config_path = self.workdir / "config.yml"
             config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-            cmd = [binary, "serve", str(config_path)]
+            cmd = self._command(config_path)
             with open(self._log, "ab") as log:
                 self._proc = subprocess.Popen(
                     cmd,
@@ -800,6 +808,12 @@ class Registry:
         assert last is not None
         raise last
 
+    def _command(self, config_path: Path) -> list[str]:
+        if self.server == "strata":
+            return [sys.executable, "-m", "strata", "registry", "serve", "--config", str(config_path),
+                    "--access-log", str(self.workdir / "access.log")]
+        return [tools.require("docker-registry"), "serve", str(config_path)]
+
     def _wait_ready(self, cmd: Sequence[str]) -> None:
         assert self._proc is not None
         context = self.tls.ssl_context() if self.tls is not None else None
@@ -807,7 +821,7 @@ class Registry:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise tools.ToolError(
-                    "docker-registry exited while starting",
+                    f"{self.server} exited while starting",
                     cmd=cmd,
                     returncode=self._proc.returncode,
                     stderr=self.log(),
@@ -823,7 +837,7 @@ class Registry:
                 pass
             time.sleep(0.05)
         raise tools.ToolError(
-            f"docker-registry did not answer within {self.start_timeout}s",
+            f"{self.server} did not answer within {self.start_timeout}s",
             cmd=cmd,
             returncode=None,
             stderr=self.log(),

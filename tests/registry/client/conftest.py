@@ -30,6 +30,7 @@ import pytest
 
 from strata.testing import baseimages, tools
 from strata.testing.registries import (
+    SERVERS,
     TEST_USERS,
     Grant,
     Proxy,
@@ -111,17 +112,17 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     return make_tls(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    """docker-registry on 127.0.0.1, plain HTTP, no auth."""
-    with Registry(tmp_path / "registry") as reg:
+@pytest.fixture(params=SERVERS)
+def registry(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Registry]:
+    """A registry on 127.0.0.1, plain HTTP, no auth: docker-registry, then strata's own."""
+    with Registry(tmp_path / "registry", server=request.param) as reg:
         yield reg
 
 
-@pytest.fixture
-def htpasswd_registry(tmp_path: Path) -> Iterator[Registry]:
-    """docker-registry with htpasswd (basic) auth for :data:`USERS`."""
-    with Registry(tmp_path / "htpasswd-registry", htpasswd=USERS) as reg:
+@pytest.fixture(params=SERVERS)
+def htpasswd_registry(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Registry]:
+    """A registry (docker-registry, strata) with htpasswd (basic) auth for :data:`USERS`."""
+    with Registry(tmp_path / "htpasswd-registry", htpasswd=USERS, server=request.param) as reg:
         yield reg
 
 
@@ -132,17 +133,19 @@ def token_service(tmp_path: Path) -> Iterator[TokenService]:
         yield service
 
 
-@pytest.fixture
-def token_registry(tmp_path: Path, token_service: TokenService) -> Iterator[Registry]:
-    """docker-registry with token auth from ``token_service``."""
-    with Registry(tmp_path / "token-registry", token=token_service) as reg:
+@pytest.fixture(params=SERVERS)
+def token_registry(
+    tmp_path: Path, token_service: TokenService, request: pytest.FixtureRequest
+) -> Iterator[Registry]:
+    """A registry (docker-registry, strata) trusting tokens from ``token_service``."""
+    with Registry(tmp_path / "token-registry", token=token_service, server=request.param) as reg:
         yield reg
 
 
-@pytest.fixture
-def tls_registry(tmp_path: Path, tls: TLSFiles) -> Iterator[Registry]:
-    """docker-registry over HTTPS (certificate from ``tls``) with htpasswd auth."""
-    with Registry(tmp_path / "tls-registry", tls=tls, htpasswd=USERS) as reg:
+@pytest.fixture(params=SERVERS)
+def tls_registry(tmp_path: Path, tls: TLSFiles, request: pytest.FixtureRequest) -> Iterator[Registry]:
+    """A registry (docker-registry, strata) over HTTPS (certificate from ``tls``) with htpasswd auth."""
+    with Registry(tmp_path / "tls-registry", tls=tls, htpasswd=USERS, server=request.param) as reg:
         yield reg
 
 

@@ -140,6 +140,8 @@ class ServerConfig:
     """Everything ``strata registry serve`` needs to know."""
 
     addr: str = "127.0.0.1:5000"
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
     storage_driver: str = "filesystem"
     storage_options: Mapping[str, object] = field(default_factory=dict)
     delete_enabled: bool = True
@@ -175,6 +177,11 @@ class ServerConfig:
 
         http = _section(data, "http")
         addr = _str(http.get("addr", "127.0.0.1:5000"), "http.addr")
+        tls = _section(http, "tls", prefix="http")
+        tls_certificate = path(tls["certificate"], "http.tls.certificate") if tls.get("certificate") else None
+        tls_key = path(tls["key"], "http.tls.key") if tls.get("key") else None
+        if (tls_certificate is None) != (tls_key is None):
+            raise InvalidArgument("registry config: http.tls needs both certificate and key")
 
         storage = _section(data, "storage")
         drivers = [k for k in storage if k not in _STORAGE_SECTIONS]
@@ -249,6 +256,8 @@ class ServerConfig:
         limits = _section(data, "limits")
         return cls(
             addr=addr,
+            tls_certificate=tls_certificate,
+            tls_key=tls_key,
             storage_driver=driver,
             storage_options=options,
             delete_enabled=delete_enabled,

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -114,6 +115,25 @@ def _access_logger(sink: TextIO | None, metrics: Metrics) -> type[AbstractAccess
     return AccessLog
 
 
+def _tls(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from ``http.tls`` (distribution's keys), or None for plain HTTP.
+
+    Raises:
+        InvalidArgument: the certificate or key cannot be loaded.
+    """
+    if config.tls_certificate is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_certificate, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(
+            f"registry config: cannot load http.tls certificate {config.tls_certificate} "
+            f"and key {config.tls_key}: {exc}"
+        ) from exc
+    return context
+
+
 async def _run(config: ServerConfig, options: ServeOptions, *, reuse_port: bool) -> None:
     host, port = parse_listen(config.addr)
     driver = open_driver(config.storage_driver, config.storage_options)
@@ -139,7 +159,9 @@ async def _run(config: ServerConfig, options: ServeOptions, *, reuse_port: bool)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+        site = web.TCPSite(
+            runner, host, port, reuse_port=reuse_port or None, backlog=1024, ssl_context=_tls(config)
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -181,6 +203,7 @@ def serve(config: ServerConfig, options: ServeOptions | None = None) -> None:
     parse_listen(config.addr)
     open_driver(config.storage_driver, config.storage_options)  # fail early on bad options
     make_authorizer(config)
+    _tls(config)  # fail early on an unreadable certificate or key
     if options.workers <= 1:
         _worker(config, options, reuse_port=False)
         return
