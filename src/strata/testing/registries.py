@@ -54,8 +54,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import bcrypt
 import jwt
@@ -484,7 +483,7 @@ def libtrust_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
 _SCOPE = re.compile(r"^(?P<type>[a-z0-9]+)(?:\((?P<class>[a-z0-9]+)\))?:(?P<name>.+):(?P<actions>[a-z*,]*)$")
 
 
-class TokenService:
+class TokenService(tools.Service):
     """A docker token service for :class:`Registry` token auth (a test double of the far side).
 
     ``with TokenService(workdir, users={"alice": "pw"}, grants=[Grant("alice", "*",
@@ -655,23 +654,12 @@ class TokenService:
         """Stop answering. Idempotent."""
         self._server.stop()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- registry
 
 
-class Registry:
+class Registry(tools.Service):
     """A registry with auth and TLS options: Debian's ``docker-registry serve CONFIG``
     (distribution 2.8) by default, or ``server="strata"`` for ``strata registry serve
     --config CONFIG`` given the same distribution-shaped configuration.
@@ -890,17 +878,6 @@ class Registry:
         # which would trust the registry's header)
         return _sha256(proc.stdout.encode("utf-8", "surrogateescape"))
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- proxy
@@ -1063,7 +1040,7 @@ class _ArmedFault:
         return True
 
 
-class Proxy:
+class Proxy(tools.Service):
     """A counting, fault-injecting, streaming reverse proxy in front of a registry.
 
     ``with Proxy(registry.url) as proxy: ... proxy.address`` — point the client at
@@ -1346,17 +1323,6 @@ class Proxy:
             self._server.call(session.close)
         self._server.stop()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- test images

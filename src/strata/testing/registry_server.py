@@ -27,10 +27,9 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from strata.testing.tools import ToolError, free_port
+from strata.testing.tools import Service, ToolError, free_port
 
 __all__ = ["HTTPAnswer", "StrataRegistry", "http_request", "tree_digest"]
 
@@ -104,7 +103,7 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
-class StrataRegistry:
+class StrataRegistry(Service):
     """``strata registry serve`` on a free 127.0.0.1 port.
 
     Attributes:
@@ -277,14 +276,3 @@ class StrataRegistry:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

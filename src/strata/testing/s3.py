@@ -29,10 +29,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from strata.testing.tools import ToolError, _stop_child, free_port
+from strata.testing.tools import Service, ToolError, _stop_child, free_port
 
 __all__ = ["S3Server"]
 
@@ -42,7 +41,7 @@ SECRET_KEY = "strata-test-secret"
 REGION = "us-east-1"
 
 
-class S3Server:
+class S3Server(Service):
     """moto's S3 server in a child process on ``127.0.0.1:<free port>``, with one bucket.
 
     ``with S3Server(workdir) as s3: s3.endpoint  # "http://127.0.0.1:PORT"``. The server's
@@ -238,14 +237,3 @@ class S3Server:
             _stop_child(self._proc, 10)
             self._proc = None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -571,7 +571,30 @@ def _stop_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
     proc.wait()
 
 
-class Dockerd:
+class Service:
+    """A server a test starts and stops: ``with Thing(...) as thing:`` starts it and stops it
+    on the way out, whatever happened. Subclasses define ``start`` and an idempotent ``stop``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Dockerd(Service):
     """A private dockerd (Debian docker.io 20.10) for parity tests.
 
     ``with Dockerd(workdir) as d: d.docker("load", "-i", path)``. It runs::
@@ -721,23 +744,12 @@ class Dockerd:
         shutil.rmtree(self._rundir, ignore_errors=True)
         self._rundir = None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- registry
 
 
-class DockerRegistry:
+class DockerRegistry(Service):
     """Debian's ``docker-registry serve CONFIG`` (distribution 2.8) on a free loopback port.
 
     ``with DockerRegistry(workdir) as reg: reg.address  # "127.0.0.1:PORT"``. Storage is
@@ -842,17 +854,6 @@ class DockerRegistry:
             _stop_child(self._proc, 10)
             self._proc = None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- strata
