@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from strata.engine import Engine
-from strata.errors import DigestMismatch, InvalidContent, Unavailable, UnsafeArchive
+from strata.errors import (
+    AlreadyExists,
+    DigestMismatch,
+    InvalidArgument,
+    InvalidContent,
+    Unavailable,
+    UnsafeArchive,
+)
 from strata.images import Extractor, ImageUnpack, LocalImage, apply_layers, unpack
 from strata.oci import Compression, Digest, chain_ids, mediatypes
 from strata.snapshots import Kind, NativeSnapshotter, OverlaySnapshotter, Snapshotter
@@ -368,3 +375,24 @@ def test_engine_unpack_snapshots_uses_the_store_snapshotter(tmp_path: Path) -> N
     with pytest.raises(Unavailable, match="never given"), \
             ImageUnpack(engine.snapshotter, never_given) as job:
         job.wait(timeout=0.1)
+
+
+def test_giving_a_layer_twice_or_one_not_needed_is_refused(
+    snapshotter: Snapshotter, extractor: Extractor, tmp_path: Path
+) -> None:
+    built = testimages.build_image(_three_layers()[:1])
+    diff_ids = [Digest.parse(built.layers[0].diff_id)]
+    with ImageUnpack(snapshotter, diff_ids, extractor=extractor) as job:
+        feed = job.stream(0, Compression.GZIP)
+        with pytest.raises(AlreadyExists, match="layer 0 is already being unpacked"):
+            job.stream(0, Compression.GZIP)
+        with pytest.raises(InvalidArgument, match="the image has no layer 1"):
+            job.stream(1)
+        feed.write(built.layers[0].data)
+        feed.close()
+        assert job.wait(timeout=60) == diff_ids[0]
+    with ImageUnpack(snapshotter, diff_ids, extractor=extractor) as again:
+        assert again.needed == []
+        with pytest.raises(InvalidArgument, match="not needed"):
+            again.blob(0, tmp_path / "unused")
+        assert again.wait() == diff_ids[0]

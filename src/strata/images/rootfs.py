@@ -284,6 +284,9 @@ class LayerFeed:
             if future is not None and future.done():
                 break
             time.sleep(0.005)
+        self._release()
+
+    def _release(self) -> None:
         with self._lock:
             if not self.closed:
                 self.closed = True
@@ -294,10 +297,7 @@ class LayerFeed:
         self.aborted = reason or Unavailable("layer stream aborted", retryable=False)
         future = self._future
         if future is None or future.cancel():  # never started: nothing to unblock
-            with self._lock:
-                if not self.closed:
-                    self.closed = True
-                    os.close(self._fd)
+            self._release()
             return
         self.close()
 
@@ -339,7 +339,7 @@ class ImageUnpack:
         self.extractor = extractor if extractor is not None else Extractor()
         self.progress = progress
         self.overlay = snapshotter.rebase
-        self._tmp = Path(tempfile.mkdtemp(prefix="strata-unpack-"))
+        self._tmp: Path | None = None  # made on the first stream(): where the FIFOs live
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         remove_abandoned(snapshotter)
@@ -418,13 +418,16 @@ class ImageUnpack:
             InvalidArgument: the layer is not in :attr:`needed`.
             AlreadyExists: the layer was given already.
         """
-        fifo = self._tmp / f"layer-{index}"
+        with self._lock:
+            if self._tmp is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix="strata-unpack-"))
+            fifo = self._tmp / f"layer-{index}-{secrets.token_hex(4)}"
         os.mkfifo(fifo, 0o600)
         feed = LayerFeed(fifo)
         try:
             self._register(index, compression, None, feed)
         except BaseException:
-            feed.close()
+            feed._release()
             raise
         return feed
 
@@ -510,7 +513,8 @@ class ImageUnpack:
             layers = list(self._layers.values())
         for layer in layers:
             self._discard(layer)
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
         if self._own_extractor:
             self.extractor.close()
 

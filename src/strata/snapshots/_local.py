@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -73,6 +74,15 @@ def disk_usage(path: Path) -> Usage:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
     return Usage(size, len(seen))
+
+
+def _rmtree(path: Path | str) -> None:
+    """Remove a tree that a dying process (a killed strata's ``cp``) may still write into."""
+    for _ in range(50):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.02)
 
 
 def _os_error(what: str, exc: OSError) -> StrataError:
@@ -239,19 +249,26 @@ class LocalSnapshotter:
 
     def cleanup(self) -> int:
         removed = 0
+        trash: list[Path] = []
         with self._meta.write() as conn:
+            # Moved aside while holding the write lock: a prepare reusing a rolled-back id
+            # cannot have its new directory taken for the orphan it replaces.
             ids = self._meta.ids(conn)
-            orphans = []
             for entry in os.scandir(self.root / "snapshots"):
                 if not entry.name.isdigit() or int(entry.name) not in ids:
-                    orphans.append(Path(entry.path))
-        for path in orphans:
-            self._remove_dir(path)
+                    aside = self.root / "tmp" / f"rm-{os.getpid()}-{secrets.token_hex(6)}"
+                    try:
+                        os.rename(entry.path, aside)
+                    except FileNotFoundError:
+                        continue
+                    trash.append(aside)
+        for path in trash:
+            _rmtree(path)
             removed += 1
         for entry in os.scandir(self.root / "tmp"):
             owner = entry.name.split("-")[1:2]
             if owner and owner[0].isdigit() and pid_alive(int(owner[0])):
                 continue  # a live process (maybe this one) is making or removing it
-            shutil.rmtree(entry.path, ignore_errors=True)
+            _rmtree(entry.path)
             removed += 1
         return removed

@@ -9,6 +9,9 @@ copy.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import signal
 import subprocess
 from pathlib import Path
 
@@ -18,6 +21,15 @@ from strata.snapshots.base import Kind, Mount
 from strata.snapshots.metadata import Row
 
 __all__ = ["NativeSnapshotter"]
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _die_with_parent() -> None:
+    """In the ``cp`` child: die with strata, so a killed strata leaves no copy going on
+    in a directory that cleanup removes."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class NativeSnapshotter(LocalSnapshotter):
@@ -32,7 +44,7 @@ class NativeSnapshotter(LocalSnapshotter):
         source = self._dir(parents[0].id) / "fs"
         proc = subprocess.run(
             ["cp", "-a", "--reflink=auto", "--", f"{source}/.", str(new / "fs")],
-            capture_output=True, text=True, check=False,
+            capture_output=True, text=True, check=False, preexec_fn=_die_with_parent,
         )
         if proc.returncode != 0:
             raise Unavailable(f"cannot copy snapshot {parents[0].info.name!r}: "

@@ -344,7 +344,8 @@ def check_crash_recovery(factory: SnapshotterFactory, scratch: Path) -> None:
         for key in stale:  # an active key the killed process held: removable
             sn.remove(key)
         assert set(os.listdir(root / "snapshots")) <= dirs
-        assert sorted(os.listdir(root / "tmp")) == [], trial
+        assert sorted(os.listdir(root / "tmp")) == [], (trial, [
+            str(p.relative_to(root)) for p in (root / "tmp").rglob("*")][:20])
         assert [i.name for i in sn.walk()] == ["base"]
         assert len(os.listdir(root / "snapshots")) == 1
         _commit_layer(sn, scratch, f"after-{trial}", "base", lambda r: _write(r, {"b": "2"}))
