@@ -1,7 +1,8 @@
 #!/bin/sh
 # strata demo: make a busybox base image offline, import it, tag it, list it, show its
 # history and disk usage, save it as an OCI layout, read it back with skopeo and umoci,
-# and round-trip it through a docker-archive into a second store.
+# round-trip it through a docker-archive into a second store, then serve it from strata's
+# embedded registry: push, pull into a third store, and read it back with skopeo.
 set -eu
 cd "$(dirname "$0")/.."
 STRATA="$PWD/.venv/bin/strata"
@@ -64,7 +65,42 @@ step "strata save (docker-archive) | strata load into a second store"
 STRATA_ROOT="$DEMO/root2" "$STRATA" load -i "$DEMO/busybox-docker.tar"
 STRATA_ROOT="$DEMO/root2" "$STRATA" images
 
+step "strata registry serve (the embedded registry, filesystem storage under .demo/registry)"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+REG="127.0.0.1:$PORT"
+"$STRATA" registry serve --listen "$REG" --root "$DEMO/registry" --access-log "$DEMO/registry-access.log" \
+    2>"$DEMO/registry.log" &
+REG_PID=$!
+trap 'kill $REG_PID 2>/dev/null || true' EXIT
+i=0
+until curl -fsS "http://$REG/v2/" >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -lt 100 ] || { cat "$DEMO/registry.log" >&2; exit 1; }
+    sleep 0.1
+done
+echo "listening on $REG"
+
+step "strata push $REG/demo/busybox:1.0"
+"$STRATA" tag demo/busybox:1.0 "$REG/demo/busybox:1.0"
+"$STRATA" push "$REG/demo/busybox:1.0"
+
+step "strata push again: nothing is sent twice"
+"$STRATA" push "$REG/demo/busybox:1.0"
+
+step "skopeo inspect docker://$REG/demo/busybox:1.0"
+skopeo inspect --tls-verify=false "docker://$REG/demo/busybox:1.0" | head -12
+
+step "strata pull $REG/demo/busybox:1.0 into a third store, and unpack it"
+STRATA_ROOT="$DEMO/root3" "$STRATA" pull "$REG/demo/busybox:1.0"
+STRATA_ROOT="$DEMO/root3" "$STRATA" unpack "$REG/demo/busybox:1.0" "$DEMO/pulled"
+if diff -r --no-dereference "$DEMO/umoci/rootfs" "$DEMO/pulled" >/dev/null; then
+    echo "the pulled image unpacks to umoci's rootfs"
+else
+    echo "the pulled image's rootfs DIFFERS from umoci's" >&2
+    exit 1
+fi
+
 step "strata system fsck"
 "$STRATA" system fsck
+STRATA_ROOT="$DEMO/root3" "$STRATA" system fsck
 
 printf '\n\033[1mdemo finished\033[0m\n'

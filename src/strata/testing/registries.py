@@ -1353,6 +1353,12 @@ class TestImage:
         """The layer blob digests, bottom first."""
         return tuple(d for d, _ in self.layers)
 
+    @property
+    def diff_ids(self) -> tuple[str, ...]:
+        """The config's ``rootfs.diff_ids``, bottom first."""
+        config = json.loads(self.blob(self.config_digest))
+        return tuple(config["rootfs"]["diff_ids"])
+
     def blob(self, digest: str) -> bytes:
         """The bytes of blob ``digest`` in the layout."""
         algorithm, hex_ = digest.split(":", 1)

@@ -16,7 +16,7 @@ the one the registry announces.
 from __future__ import annotations
 
 import concurrent.futures as cf
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -67,8 +67,7 @@ class _Outcome:
 
 
 def _push_one(repo: Repository, content: LocalStore, desc: Descriptor, options: PushOptions,
-              sources: BlobSources | None, progress: Progress) -> _Outcome:
-    short = desc.digest.short()
+              sources: BlobSources | None, progress: Progress, short: str) -> _Outcome:
     if repo.head_blob(desc.digest, push=True) is not None:
         progress(ProgressEvent(short, Stage.LAYER_EXISTS, desc.size, desc.size))
         return _Outcome(desc.digest, "exists", 0)
@@ -102,17 +101,33 @@ def _push_one(repo: Repository, content: LocalStore, desc: Descriptor, options: 
 
 def push_blobs(repo: Repository, content: LocalStore, blobs: Sequence[Descriptor], *,
                options: PushOptions | None = None, sources: BlobSources | None = None,
-               progress: Progress = no_progress) -> list[_Outcome]:
-    """Make sure the repository holds every blob (HEAD, mount, or upload), in parallel."""
+               progress: Progress = no_progress,
+               labels: Mapping[Digest, str] | None = None) -> list[_Outcome]:
+    """Make sure the repository holds every blob (HEAD, mount, or upload), in parallel.
+
+    Progress events name a blob by ``labels[digest]`` (docker shows a pushed layer's short
+    diff_id); a blob without a label is pushed silently, as docker pushes the config.
+    Without ``labels`` every blob reports under its short digest.
+    """
     opts = options or PushOptions()
     unique: dict[Digest, Descriptor] = {}
     for desc in blobs:
         unique.setdefault(desc.digest, desc)
+
+    def reporter(digest: Digest) -> tuple[str, Progress]:
+        if labels is None:
+            return digest.short(), progress
+        label = labels.get(digest)
+        return (label, progress) if label is not None else (digest.short(), no_progress)
+
+    reporters = {digest: reporter(digest) for digest in unique}
     for desc in unique.values():
-        progress(ProgressEvent(desc.digest.short(), Stage.PREPARING, 0, desc.size))
+        label, report = reporters[desc.digest]
+        report(ProgressEvent(label, Stage.PREPARING, 0, desc.size))
     out: list[_Outcome] = []
     with cf.ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="strata-push") as pool:
-        futures = [pool.submit(_push_one, repo, content, d, opts, sources, progress)
+        futures = [pool.submit(_push_one, repo, content, d, opts, sources,
+                               reporters[d.digest][1], reporters[d.digest][0])
                    for d in unique.values()]
         try:
             for future in futures:
@@ -141,8 +156,11 @@ def push(client: RegistryClient, content: LocalStore, image: Image, ref: Referen
         raise InvalidArgument(f"cannot push {ref}: the image's manifest digest is {digest}")
     repo = client.repository(ref)
     blobs = [*manifest.layers, manifest.config]
+    diff_ids = image.config().rootfs.diff_ids
+    labels = {layer.digest: diff_id.short()
+              for layer, diff_id in zip(manifest.layers, diff_ids, strict=False)}
     outcomes = push_blobs(repo, content, blobs, options=options, sources=sources,
-                          progress=progress)
+                          progress=progress, labels=labels)
     ident = ref.tag if ref.tag else str(digest)
     repo.put_manifest(ident, raw_manifest, manifest.media_type)
     if sources is not None:
