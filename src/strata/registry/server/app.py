@@ -466,7 +466,13 @@ class RegistryApp:
             subject = None
         if subject is not None:
             await self.driver.remove_referrer(name, subject.digest, digest)
-        for tag in await self.driver.list_tags(name):
+        try:
+            tags = await self.driver.list_tags(name)
+        except NotFound:
+            # On an object store a repository is only its keys: deleting its last manifest
+            # after its blobs leaves nothing, hence no tags to untag.
+            tags = []
+        for tag in tags:
             try:
                 if await self.driver.get_tag(name, tag) == digest:
                     await self.driver.delete_tag(name, tag)
