@@ -5,6 +5,8 @@ The engine wires the stores under one root directory::
     <root>/content/     blobs, ingests, leases (strata.content)
     <root>/images.db    image records and layer facts (strata.images)
     <root>/tmp/         scratch space on the same filesystem
+    <root>/containers/  one directory per container; records in <root>/containers.db
+                        (strata.runtime)
 
 The CLI parses arguments, calls one method, and renders what it returns; everything here is
 usable from Python.
@@ -61,6 +63,7 @@ from strata.oci import (
 from strata.oci._json import JSONObject
 from strata.progress import Progress, no_progress
 from strata.registry import client as regclient
+from strata.runtime import ContainerRecord, Containers, ContainerStore, ImageForRun, RunOptions
 from strata.snapshots import Snapshotter, open_snapshotter
 
 __all__ = [
@@ -523,6 +526,55 @@ class Engine:
                    mediatypes.layer_compression(layer.descriptor.media_type))
                   for layer in image.layers()]
         return images_pkg.apply_layers(self.snapshotter, layers, progress=progress)
+
+    # -- containers (strata.runtime) --------------------------------------------------------
+    @functools.cached_property
+    def containers(self) -> Containers:
+        """The store's containers under ``ROOT/containers`` (records in ``containers.db``)."""
+        return Containers(self.root / "containers", ContainerStore(self.root / "containers.db"),
+                          self.snapshotter)
+
+    def container_create(self, image: str, options: RunOptions) -> ContainerRecord:
+        """``create``: a container of ``image`` (unpacked into snapshots first), not started.
+
+        Raises:
+            NotFound: no such image, or the ``-u`` user is not in the image.
+            InvalidArgument: bad options (name, working directory, environment, no command).
+            AlreadyExists: the name is in use.
+        """
+        resolved = self.resolve(image)
+        chain = self.unpack_snapshots(image)
+        config = resolved.image.config()
+        return self.containers.create(
+            ImageForRun(name=image, id=str(resolved.image.id),
+                        top_chain=str(chain) if chain is not None else None,
+                        config=config.config), options)
+
+    def container_start(self, ref: str) -> int:
+        """Run a container in the foreground with this process's stdio; its exit code.
+
+        Raises:
+            CommandNotFound: the command does not exist (127).
+            CannotExecute: the command cannot be executed (126).
+            StrataError: the container could not be started.
+        """
+        return self.containers.start(ref)
+
+    def run(self, image: str, options: RunOptions) -> int:
+        """``run``: create a container of ``image`` and run it in the foreground (``--rm``:
+        removed afterwards); the container's exit code."""
+        record = self.container_create(image, options)
+        return self.container_start(record.id)
+
+    def containers_list(self, *, all_containers: bool = False) -> list[ContainerRecord]:
+        """``ps [-a]``: running containers (all with ``all_containers``), newest first."""
+        records = self.containers.reconcile()
+        return records if all_containers else [r for r in records if r.state == "running"]
+
+    def container_remove(self, refs: Sequence[str], *, force: bool = False
+                         ) -> list[ContainerRecord]:
+        """``rm [-f]``: remove containers (their snapshots, files and records)."""
+        return [self.containers.remove(ref, force=force) for ref in refs]
 
     # -- registries (strata.registry.client) ---------------------------------------------
     def configure_registries(self, *, insecure: Sequence[str] = (), ca_file: Path | None = None,

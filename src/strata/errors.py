@@ -10,6 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExists",
+    "CannotExecute",
+    "CommandNotFound",
     "DigestMismatch",
     "FailedPrecondition",
     "InvalidArgument",
@@ -121,3 +123,15 @@ class Unavailable(StrataError):
 
 class NotSupported(StrataError):
     """This host or format lacks what the operation needs (no overlay, unknown media type)."""
+
+
+class CommandNotFound(NotFound):
+    """A container's command does not exist in its rootfs (docker run exits 127)."""
+
+    exit_code = 127
+
+
+class CannotExecute(FailedPrecondition):
+    """A container's command exists but cannot be executed (docker run exits 126)."""
+
+    exit_code = 126

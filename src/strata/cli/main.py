@@ -17,6 +17,7 @@ from strata import __version__
 from strata.cli import images as images_cmds
 from strata.cli import registry as registry_cmds
 from strata.cli import remote as remote_cmds
+from strata.cli import run as run_cmds
 from strata.cli import system as system_cmds
 from strata.cli.context import State
 from strata.errors import StrataError
@@ -39,6 +40,7 @@ images_cmds.register(cli)
 system_cmds.register(cli)
 registry_cmds.register(cli)
 remote_cmds.register(cli)
+run_cmds.register(cli)
 
 
 def main() -> None:

@@ -1,0 +1,137 @@
+"""Hand a bundle to an installed OCI runtime (``runc``, ``crun``) instead of the built-in one.
+
+The container is created with ``RUNTIME create`` (stdio passed through, its state under
+``STATE_ROOT``), started with ``RUNTIME start`` and waited for here: this process is made a
+child subreaper first, so the container's init — orphaned when ``create`` exits — becomes
+our child, as under containerd's shim.  ``create``'s failure messages are read from the
+runtime's JSON log and mapped to the same errors as the built-in runtime's (127 / 126).
+The container's stderr is relayed through a pipe so the runtime's own messages stay out of
+the user's terminal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from strata.errors import CannotExecute, CommandNotFound, NotFound, StrataError
+
+__all__ = ["run_with"]
+
+_PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _log_error(log: Path) -> str:
+    message = ""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return message
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("error", "fatal") and entry.get("msg"):
+            message = str(entry["msg"])
+    return message
+
+
+def _relay(source: int, dest: int) -> None:
+    while True:
+        try:
+            chunk = os.read(source, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        view = memoryview(chunk)
+        while view:
+            try:
+                n = os.write(dest, view)
+            except OSError:
+                return
+            view = view[n:]
+    os.close(source)
+
+
+def run_with(runtime: str, bundle: Path, container_id: str, state_root: Path, *,
+             on_start: Callable[[int], None] | None = None) -> int:
+    """Run ``bundle`` with the OCI runtime ``runtime`` in the foreground; its exit code.
+
+    Raises:
+        NotFound: the runtime is not installed.
+        CommandNotFound, CannotExecute: as :func:`strata.runtime.builtin.run_bundle`.
+        StrataError: the runtime failed otherwise.
+    """
+    binary = shutil.which(runtime)
+    if binary is None:
+        raise NotFound(f"unknown or invalid runtime name: {runtime}")
+    state_root.mkdir(parents=True, exist_ok=True)
+    log = bundle / f"{runtime}.log"
+    pid_file = bundle / "init.pid"
+    base = [binary, "--root", str(state_root), "--log", str(log), "--log-format", "json"]
+    if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise StrataError("cannot become a child subreaper")
+    err_read, err_write = os.pipe2(os.O_CLOEXEC)
+    relay = threading.Thread(target=_relay, args=(err_read, sys.stderr.fileno()), daemon=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        created = subprocess.run(
+            [*base, "create", "--bundle", str(bundle), "--pid-file", str(pid_file),
+             container_id], stdin=sys.stdin.fileno(), stdout=sys.stdout.fileno(),
+            stderr=err_write, check=False)
+    finally:
+        os.close(err_write)
+    if created.returncode != 0:
+        os.close(err_read)
+        subprocess.run([*base, "delete", "--force", container_id], capture_output=True,
+                       check=False)
+        message = _log_error(log) or f"{runtime} create failed"
+        for prefix in ("runc create failed: ", "crun create failed: "):
+            message = message.removeprefix(prefix)
+        if "executable file not found" in message or "no such file or directory" in message:
+            raise CommandNotFound(message)
+        if "permission denied" in message:
+            raise CannotExecute(message)
+        raise StrataError(f"{runtime}: {message}")
+    relay.start()
+    pid = int(pid_file.read_text().strip())
+    if on_start is not None:
+        on_start(pid)
+    old = {s: signal.signal(s, lambda n, _f: os.kill(pid, n))
+           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        started = subprocess.run([*base, "start", container_id], capture_output=True,
+                                 check=False)
+        if started.returncode != 0:
+            os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        if started.returncode != 0:
+            raise StrataError(f"{runtime} start failed: "
+                              f"{_log_error(log) or started.stderr.decode(errors='replace')}")
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        subprocess.run([*base, "delete", "--force", container_id], capture_output=True,
+                       check=False)
+        relay.join(timeout=5)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)

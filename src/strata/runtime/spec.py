@@ -1,0 +1,376 @@
+"""OCI runtime-spec ``config.json`` for a container: pure data from the image config and options.
+
+:func:`generate` turns an image's ``config`` (Entrypoint, Cmd, Env, WorkingDir, User) and a
+:class:`RunOptions` into the runtime-spec (v1.0.2) document a runtime runs: the process, the
+mounts docker gives every container (``/proc``, a ``/dev`` tmpfs holding only the standard
+devices, ``/dev/pts``, ``/dev/shm``, ``/dev/mqueue``, ``/sys`` read-only, and the bind-mounted
+``/etc/hosts``, ``/etc/hostname``, ``/etc/resolv.conf``), new mnt/pid/uts/ipc/net
+namespaces, docker's default capability set, masked and read-only paths, ``noNewPrivileges``
+and rlimits.  :func:`resolve_user` reads a rootfs's ``/etc/passwd`` and ``/etc/group`` to
+turn ``-u NAME[:GROUP]`` into numbers; nothing else here touches the filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from strata.errors import InvalidArgument, NotFound
+from strata.oci import ContainerConfig
+
+__all__ = [
+    "ALL_CAPABILITIES",
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_PATH",
+    "MASKED_PATHS",
+    "READONLY_PATHS",
+    "RunOptions",
+    "User",
+    "capabilities",
+    "command_of",
+    "environment",
+    "generate",
+    "resolve_user",
+]
+
+OCI_VERSION = "1.0.2"
+
+#: PATH given when neither the image nor ``-e`` sets one (docker's default).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: docker's default capability set (moby ``oci/caps/defaults.go``).
+DEFAULT_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
+
+#: Paths hidden from the container (moby ``oci/defaults.go``).
+MASKED_PATHS: tuple[str, ...] = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+)
+
+#: Paths the container sees read-only (moby ``oci/defaults.go``).
+READONLY_PATHS: tuple[str, ...] = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+
+NAMESPACES: tuple[str, ...] = ("pid", "network", "ipc", "uts", "mount")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """The numeric identity the container process runs as."""
+
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What ``strata run`` was asked for, beyond the image.
+
+    Attributes:
+        command: CMD words after the image name (replace the image's Cmd).
+        entrypoint: ``--entrypoint`` (None: the image's; ``""``: none).
+        env: ``-e`` values, ``KEY=VALUE`` or ``KEY`` (taken from ``host_env``).
+        workdir: ``-w`` (None: the image's WorkingDir, else ``/``).
+        user: ``-u`` (None: the image's User, else root).
+        hostname: ``--hostname`` (None: the first 12 hex digits of the container ID).
+        name: ``--name``.
+        remove: ``--rm``.
+        runtime: ``builtin`` or the name of an installed OCI runtime (``runc``).
+        tty: ``-t``: the process gets a terminal (recorded in the spec).
+        rlimits: (type, soft, hard) triples, e.g. ``("RLIMIT_NOFILE", 1024, 1024)``; none
+            by default: the container inherits strata's limits.
+        read_only: ``--read-only``: the rootfs is mounted read-only.
+        tmpfs: ``--tmpfs PATH[:OPTIONS]``: a tmpfs mounted at PATH (docker's default
+            options ``noexec,nosuid,nodev``, OPTIONS added).
+        cap_add: ``--cap-add`` names (``SYS_ADMIN`` or ``CAP_SYS_ADMIN``, any case, or
+            ``ALL``).
+        cap_drop: ``--cap-drop`` names (or ``ALL``).
+        host_env: the caller's environment, for ``-e NAME`` without a value.
+    """
+
+    command: tuple[str, ...] = ()
+    entrypoint: str | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    name: str | None = None
+    remove: bool = False
+    runtime: str = "builtin"
+    tty: bool = False
+    rlimits: tuple[tuple[str, int, int], ...] = ()
+    read_only: bool = False
+    tmpfs: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    host_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def command_of(config: ContainerConfig | None, options: RunOptions) -> list[str]:
+    """The process args as docker computes them: entrypoint + (CMD words or the image's Cmd).
+
+    ``--entrypoint`` replaces the image's Entrypoint and drops the image's Cmd (docker).
+
+    Raises:
+        InvalidArgument: nothing to run (``No command specified``).
+    """
+    image_entry = list(config.entrypoint or ()) if config else []
+    image_cmd = list(config.cmd or ()) if config else []
+    if options.entrypoint is not None:
+        entry = [options.entrypoint] if options.entrypoint else []
+        cmd = list(options.command)
+    else:
+        entry = image_entry
+        cmd = list(options.command) if options.command else image_cmd
+    args = entry + cmd
+    if not args:
+        raise InvalidArgument("No command specified")
+    return args
+
+
+def environment(config: ContainerConfig | None, options: RunOptions, hostname: str,
+                tty: bool = False) -> list[str]:
+    """The process environment: PATH default, HOSTNAME, image Env, then ``-e`` (docker's order
+    of precedence: later wins, order of first appearance kept)."""
+    merged: dict[str, str] = {}
+    merged["PATH"] = DEFAULT_PATH
+    merged["HOSTNAME"] = hostname
+    if tty:
+        merged["TERM"] = "xterm"
+    for item in (config.env or ()) if config else ():
+        key, sep, value = item.partition("=")
+        if key:
+            merged[key] = value if sep else ""
+    for item in options.env:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise InvalidArgument(f"invalid environment variable: {item!r}")
+        if sep:
+            merged[key] = value
+        elif key in options.host_env:
+            merged[key] = options.host_env[key]
+        else:
+            merged.pop(key, None)  # docker: -e NAME unset on the host leaves it unset
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+#: Every capability docker knows by name (linux/capability.h order).
+ALL_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+
+
+def _cap_name(name: str) -> str:
+    upper = name.strip().upper()
+    if upper == "ALL":
+        return upper
+    full = upper if upper.startswith("CAP_") else f"CAP_{upper}"
+    if full not in ALL_CAPABILITIES:
+        raise InvalidArgument(f"unknown capability: \"{name}\"")
+    return full
+
+
+def capabilities(add: Sequence[str] = (), drop: Sequence[str] = ()) -> list[str]:
+    """docker's default set with ``--cap-add`` / ``--cap-drop`` applied (moby
+    ``caps.TweakCapabilities``: dropping ALL first, then adding; adding ALL wins).
+
+    Raises:
+        InvalidArgument: an unknown capability name.
+    """
+    adds = [_cap_name(n) for n in add]
+    drops = [_cap_name(n) for n in drop]
+    if "ALL" in adds:
+        return [c for c in ALL_CAPABILITIES if c not in drops]
+    base = [] if "ALL" in drops else [c for c in DEFAULT_CAPABILITIES if c not in drops]
+    for cap in adds:
+        if cap not in base:
+            base.append(cap)
+    return base
+
+
+def _read_db(path: Path) -> list[list[str]]:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return []
+    if not stat.S_ISREG(st.st_mode):  # a symlink may point anywhere on the host: ignore it
+        return []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def resolve_user(rootfs: Path, spec: str | None) -> User:
+    """``USER[:GROUP]`` (names or numbers) to numbers, from the rootfs's passwd and group files.
+
+    The files are read only when they are regular files directly in ``rootfs/etc`` (never
+    through a symlink, which could point at the host's).
+
+    Raises:
+        NotFound: a name that the container's files do not list (docker's message).
+        InvalidArgument: an empty user.
+    """
+    if not spec:
+        return User()
+    user, _, group = spec.partition(":")
+    if not user:
+        raise InvalidArgument(f"invalid user {spec!r}")
+    etc = rootfs / "etc"
+    etc_ok = os.path.isdir(etc) and not os.path.islink(etc)
+    passwd = _read_db(etc / "passwd") if etc_ok else []
+    groups = _read_db(etc / "group") if etc_ok else []
+    uid: int | None = None
+    gid: int | None = None
+    name: str | None = None
+    if user.isdigit():
+        uid = int(user)
+        for row in passwd:
+            if len(row) >= 4 and row[2] == user:
+                name, gid = row[0], int(row[3]) if row[3].isdigit() else 0
+                break
+    else:
+        for row in passwd:
+            if len(row) >= 4 and row[0] == user and row[2].isdigit():
+                name, uid = user, int(row[2])
+                gid = int(row[3]) if row[3].isdigit() else 0
+                break
+        if uid is None:
+            raise NotFound(f"unable to find user {user}: no matching entries in passwd file")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            for row in groups:
+                if len(row) >= 3 and row[0] == group and row[2].isdigit():
+                    gid = int(row[2])
+                    break
+            else:
+                raise NotFound(f"unable to find group {group}: no matching entries in group file")
+    extra: list[int] = []
+    if name is not None and not group:
+        for row in groups:
+            if len(row) >= 4 and name in row[3].split(",") and row[2].isdigit():
+                g = int(row[2])
+                if g != gid and g not in extra:
+                    extra.append(g)
+    return User(uid=uid, gid=gid or 0, additional_gids=tuple(extra))
+
+
+def _mount(destination: str, type_: str, source: str, options: Sequence[str]) -> dict[str, Any]:
+    return {"destination": destination, "type": type_, "source": source,
+            "options": list(options)}
+
+
+def default_mounts() -> list[dict[str, Any]]:
+    """docker's default mounts (moby ``oci/defaults.go``), without the per-container binds."""
+    return [
+        _mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
+        _mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        _mount("/dev/pts", "devpts", "devpts",
+               ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
+        _mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
+        _mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777",
+                                            "size=65536k"]),
+    ]
+
+
+def generate(config: ContainerConfig | None, options: RunOptions, *, user: User, hostname: str,
+             etc_files: Mapping[str, Path], rootfs: str = "rootfs") -> dict[str, Any]:
+    """The runtime-spec document for one container.
+
+    Args:
+        config: the image's ``config`` (None: an image without one).
+        options: the run options.
+        user: the resolved identity (:func:`resolve_user`).
+        hostname: the container's hostname.
+        etc_files: container path (``/etc/hosts``...) → host file bind-mounted there.
+        rootfs: ``root.path``, relative to the bundle.
+
+    Raises:
+        InvalidArgument: nothing to run, a relative working directory or a bad ``-e``.
+    """
+    args = command_of(config, options)
+    cwd = options.workdir if options.workdir is not None else (
+        (config.working_dir if config else None) or "/")
+    if not cwd.startswith("/"):
+        raise InvalidArgument(f"the working directory '{cwd}' is invalid, it needs to be an "
+                              "absolute path")
+    caps = capabilities(options.cap_add, options.cap_drop)
+    mounts = default_mounts()
+    for dest in sorted(etc_files):
+        mounts.append(_mount(dest, "bind", str(etc_files[dest]), ["rbind", "rprivate"]))
+    for item in options.tmpfs:
+        dest, _, extra = item.partition(":")
+        if not dest.startswith("/") or dest == "/":
+            raise InvalidArgument(f"invalid mount path for --tmpfs: '{dest}' (it must be an "
+                                  "absolute path other than /)")
+        opts = ["noexec", "nosuid", "nodev"] + [o for o in extra.split(",") if o]
+        mounts.append(_mount(dest, "tmpfs", "tmpfs", opts))
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": options.tty,
+            "user": {"uid": user.uid, "gid": user.gid,
+                     **({"additionalGids": list(user.additional_gids)}
+                        if user.additional_gids else {})},
+            "args": args,
+            "env": environment(config, options, hostname, options.tty),
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": t, "soft": s, "hard": h} for t, s, h in options.rlimits],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": rootfs, "readonly": options.read_only},
+        "hostname": hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": ns} for ns in NAMESPACES],
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+            "rootfsPropagation": "private",
+        },
+    }
