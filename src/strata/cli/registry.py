@@ -14,7 +14,6 @@ import click
 from strata.cli import render
 from strata.cli.context import State
 from strata.engine import default_root
-from strata.registry.server import ServeOptions, resolve_config, run_gc, serve
 
 __all__ = ["register"]
 
@@ -47,6 +46,9 @@ def registry_group() -> None:
 def serve_cmd(ctx: click.Context, listen: str | None, storage_root: Path | None, config_path: Path | None,
               workers: int, access_log: Path | None, event_loop: str) -> None:
     """Serve the registry until SIGTERM (in-flight requests finish first)."""
+    # Imported here: the server (aiohttp) would add a quarter second to every other command.
+    from strata.registry.server import ServeOptions, resolve_config, serve
+
     if storage_root is None and config_path is None:
         storage_root = _default_root(ctx)
     config = resolve_config(config_path, root=storage_root, listen=listen)
@@ -77,6 +79,8 @@ def serve_cmd(ctx: click.Context, listen: str | None, storage_root: Path | None,
 def gc_cmd(ctx: click.Context, storage_root: Path | None, config_path: Path | None, dry_run: bool,
            upload_max_age: float, blob_min_age: float) -> None:
     """Delete blobs no manifest references, and abandoned uploads."""
+    from strata.registry.server import resolve_config, run_gc
+
     if storage_root is None and config_path is None:
         storage_root = _default_root(ctx)
     config = resolve_config(config_path, root=storage_root)

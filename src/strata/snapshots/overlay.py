@@ -14,6 +14,7 @@ root paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -38,6 +39,18 @@ def overlay_supported(directory: Path) -> bool:
     cached = _SUPPORTED.get(str(directory))
     if cached is not None:
         return cached
+    # The answer is kept beside the probe directory, per kernel: a mount and unmount would
+    # cost every process that asks about a quarter second.
+    record = directory.parent / f".overlay-probe-{directory.name}"
+    kernel = os.uname().release
+    try:
+        seen_kernel, _, answer = record.read_text().partition(" ")
+    except OSError:
+        pass
+    else:
+        if seen_kernel == kernel and answer in ("yes", "no"):
+            _SUPPORTED[str(directory)] = answer == "yes"
+            return answer == "yes"
     probe = directory / f"probe-{os.getpid()}-{secrets.token_hex(4)}"
     ok = False
     try:
@@ -59,6 +72,10 @@ def overlay_supported(directory: Path) -> bool:
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     _SUPPORTED[str(directory)] = ok
+    with contextlib.suppress(OSError):
+        temp = record.with_name(f"{record.name}.{os.getpid()}")
+        temp.write_text(f"{kernel} {'yes' if ok else 'no'}")
+        os.replace(temp, record)
     return ok
 
 
