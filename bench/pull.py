@@ -17,6 +17,7 @@ Medians of ``--runs`` rounds and ratios are printed.  Target (issue 3): strata's
 Run from the checkout, as root::
 
     .venv/bin/python -m bench.pull [--runs 3] [--json out.json] [--skip docker]
+        [--baseline-src DIR]   # A/B against another strata checkout's src/
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ class Contender:
     samples: list[float] = field(default_factory=list)
 
 
-def _strata(*args: str | Path) -> None:
+def _strata(*args: str | Path, src: Path | None = None) -> None:
+    env = {"PYTHONPATH": str(src)} if src is not None else None
     tools.run([sys.executable, "-m", "strata", *[str(a) for a in args]],
-              unset=("STRATA_ROOT",), timeout=1800)
+              env=env, unset=("STRATA_ROOT",), timeout=1800)
 
 
 def _rm(path: Path) -> None:
@@ -118,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         choices=["skopeo+umoci", "podman", "docker"])
     parser.add_argument("--scratch", type=Path, default=None,
                         help="where stores go (default: a directory beside the cache)")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="A/B: also time the strata of another source tree (its src/"
+                             " directory, e.g. from `git archive`), as 'strata-base'")
     args = parser.parse_args(argv)
 
     cache = default_cache_dir()
@@ -134,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             contenders.append(Contender(
                 "strata", lambda d: _strata("--root", d / "root", "pull", "-q", ref)))
+            base_src = args.baseline_src
+            if base_src is not None:
+                contenders.append(Contender(
+                    "strata-base",
+                    lambda d: _strata("--root", d / "root", "pull", "-q", ref, src=base_src)))
             if "skopeo+umoci" not in args.skip:
                 def skopeo_umoci(d: Path) -> None:
                     tools.skopeo_copy(f"docker://{ref}", f"oci:{d / 'layout'}:x",

@@ -10,10 +10,13 @@ The steps, as docker and containerd take them:
    ``LocalStore.writer(ref, expected=desc)`` (size and digest verified while streaming;
    nothing is published on a mismatch).  As soon as a layer's blob is verified, its
    extraction into a snapshot starts (:class:`strata.images.ImageUnpack`, in worker
-   processes) while the other layers are still downloading; without a snapshotter, the
+   processes) while the other layers are still downloading.  On a snapshotter that can
+   rebase (overlay) the bytes are fed to the extraction as they arrive
+   (:meth:`ImageUnpack.stream`), so download, decompression and extraction overlap; the
+   feed is closed (and the snapshot may be committed) only after the content store verified
+   the blob's digest, and aborted otherwise.  Without a snapshotter, the
    bytes are teed as they arrive into a thread that scans them (diff_id, sizes), so that
-   when the last byte arrives the layer is done.  (Streaming the bytes straight into the
-   extraction FIFO is not used yet: a FIFO closed before its reader opens it loses data.)
+   when the last byte arrives the layer is done.
    A broken connection resumes with ``Range`` from the bytes already written; a layer whose
    blob is already in the store is skipped (``Already exists``); foreign layers are fetched
    from their ``urls``;
@@ -48,6 +51,7 @@ from strata.images import (
     ImageToStore,
     ImageUnpack,
     LayerFacts,
+    LayerFeed,
     store_images,
 )
 from strata.layers import LayerStats, open_decompressed, scan
@@ -171,11 +175,13 @@ class _Layer:
     """One layer's download, teeing into the store and into an extraction or a scan."""
 
     def __init__(self, puller: _Puller, index: int, desc: Descriptor,
-                 unpack: Callable[[int, Descriptor], None] | None) -> None:
+                 unpack: Callable[[int, Descriptor], None] | None,
+                 stream: Callable[[int, Descriptor], LayerFeed] | None = None) -> None:
         self.puller = puller
         self.index = index
         self.desc = desc
         self.unpack = unpack  # starts the layer's extraction from its committed blob
+        self.stream = stream  # or: starts it now, fed with the bytes as they arrive
         self.id = _short(desc.digest)
 
     def run(self) -> LayerFacts | None:
@@ -183,11 +189,20 @@ class _Layer:
         desc = self.desc
         ref = f"pull-{desc.digest}"
         writer = p.content.writer(ref, desc)
-        pipe: ChunkPipe | None = None
+        pipe: ChunkPipe | LayerFeed | None = None
         consumer: cf.Future[LayerStats] | None = None
-        if self.unpack is None and p.scan:
-            pipe = ChunkPipe()
-            consumer = p.consumers.submit(self._scan, pipe)
+        feed: LayerFeed | None = None
+        try:
+            if self.stream is not None:
+                # Extraction starts now and consumes the bytes as they arrive; the snapshot
+                # is committed only if the feed is closed, i.e. after the digest verified.
+                pipe = feed = self.stream(self.index, desc)
+            elif self.unpack is None and p.scan:
+                pipe = ChunkPipe()
+                consumer = p.consumers.submit(self._scan, pipe)
+        except BaseException:
+            writer.close()
+            raise
         try:
             if writer.offset:
                 # Resumed from an interrupted pull: the consumer needs the bytes already held.
@@ -196,7 +211,9 @@ class _Layer:
             p.progress(ProgressEvent(self.id, Stage.VERIFYING, desc.size, desc.size))
             committed = writer.commit()
         except BaseException as exc:
-            if pipe is not None:
+            if feed is not None:
+                feed.abort(exc)
+            elif isinstance(pipe, ChunkPipe):
                 pipe.close(exc if isinstance(exc, Exception) else None)
             if consumer is not None:
                 cf.wait([consumer])
@@ -207,7 +224,7 @@ class _Layer:
             raise
         p.added(committed.digest)
         if pipe is not None:
-            pipe.close()
+            pipe.close()  # a LayerFeed: verified, the extraction may finish and commit
         if self.unpack is not None:
             # Verified and published: extract it now, while other layers still download.
             self.unpack(self.index, desc)
@@ -232,11 +249,13 @@ class _Layer:
         finally:
             pipe.abandon()
 
-    def _tee(self, chunk: bytes, pipe: ChunkPipe | None) -> None:
-        if pipe is not None:
+    def _tee(self, chunk: bytes, pipe: ChunkPipe | LayerFeed | None) -> None:
+        if isinstance(pipe, ChunkPipe):
             pipe.feed(chunk)
+        elif pipe is not None:
+            pipe.write(chunk)
 
-    def _replay(self, ref: str, offset: int, pipe: ChunkPipe | None) -> None:
+    def _replay(self, ref: str, offset: int, pipe: ChunkPipe | LayerFeed | None) -> None:
         if pipe is None:
             return
         try:
@@ -251,7 +270,7 @@ class _Layer:
         except OSError as exc:
             raise Unavailable(f"reading the ingest of {self.desc.digest}: {exc.strerror}") from exc
 
-    def _download(self, w: BlobWriter, pipe: ChunkPipe | None) -> None:
+    def _download(self, w: BlobWriter, pipe: ChunkPipe | LayerFeed | None) -> None:
         p = self.puller
         desc = self.desc
         failures = 0
@@ -411,6 +430,15 @@ def fetch_image(client: RegistryClient, content: LocalStore, ref: Reference, *,
         assert job is not None
         job.blob(index, content.blob_path(desc.digest),
                  mediatypes.layer_compression(desc.media_type))
+
+    def stream(index: int, desc: Descriptor) -> LayerFeed:
+        assert job is not None
+        return job.stream(index, mediatypes.layer_compression(desc.media_type))
+
+    # Streaming needs every layer's extraction to start at once (a rebasing snapshotter,
+    # e.g. overlay): on one that applies layers in order, a layer waits for its parent's
+    # commit, which only ``wait`` does after the downloads, so its feed would never drain.
+    streaming = job is not None and job.overlay
     try:
         needed = set(job.needed) if job is not None else set()
         jobs: list[_Layer] = []
@@ -431,8 +459,9 @@ def fetch_image(client: RegistryClient, content: LocalStore, ref: Reference, *,
                     later.append(i)
                 continue
             downloading.add(desc.digest)
-            jobs.append(_Layer(puller, i, desc, unpack if job is not None and i in needed
-                               else None))
+            extract = job is not None and i in needed
+            jobs.append(_Layer(puller, i, desc, unpack if extract and not streaming else None,
+                               stream if extract and streaming else None))
             progress(ProgressEvent(_short(desc.digest), Stage.WAITING, 0, desc.size))
         if jobs:
             with cf.ThreadPoolExecutor(puller.workers, thread_name_prefix="strata-pull") as pool:
