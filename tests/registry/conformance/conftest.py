@@ -28,6 +28,7 @@ order.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import secrets
@@ -272,6 +273,13 @@ def conformance_target(
 def conformance(conformance_target: Target) -> Iterator[Session]:
     """A fresh client, fresh test data and empty spec state for one target registry."""
     env = settings()
+    if env.root_url is None and conformance_target.name.startswith("strata") and not (
+        env.run_automatic_crossmount_test
+    ):
+        # A registry the suite started itself is known, not guessed: strata never mounts a
+        # blob without ``from`` (as distribution), so upstream's "automatic content discovery
+        # disabled" spec runs against it instead of being skipped for want of the variable.
+        env = dataclasses.replace(env, run_automatic_crossmount_test=True, automatic_crossmount_enabled=False)
     client = Client(
         conformance_target.url,
         env.namespace,
