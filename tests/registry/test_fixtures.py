@@ -302,7 +302,7 @@ def test_proxy_cut_stops_the_body_once_and_ranges_resume(registry: Registry, bus
         assert status == 206
         assert headers["Content-Range"] == f"bytes 100000-{size - 1}/{size}"
         assert rest == whole[100_000:]
-        exchanges = proxy.exchanges
+        exchanges = proxy.settled(2)
         assert [(ex.status, ex.response_bytes, ex.fault) for ex in exchanges] == [
             (200, 100_000, FaultKind.CUT),
             (206, size - 100_000, None),

@@ -773,63 +773,25 @@ class Registry(tools.Service):
         self.storage.mkdir(parents=True, exist_ok=True)
         if self._htpasswd:
             write_htpasswd(self.workdir / "htpasswd", self.users)
-        last: tools.ToolError | None = None
-        for _ in range(3):
-            self.port = tools.free_port()
+        context = self.tls.ssl_context() if self.tls is not None else None
+
+        def command(port: int) -> list[str]:
+            self.port = port
             config_path = self.workdir / "config.yml"
             config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-            cmd = self._command(config_path)
-            with open(self._log, "ab") as log:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready(cmd)
-                return
-            except tools.ToolError as exc:
-                last = exc
-                self.stop()
-        assert last is not None
-        raise last
+            return self._command(config_path)
+
+        self._proc, self.port = tools.spawn_listening(
+            command,
+            lambda port: tools.http_ready(f"{self.scheme}://{_LOOPBACK}:{port}/v2/",
+                                          accept=(200, 401), context=context),
+            log=self._log, what=self.server, timeout=self.start_timeout)
 
     def _command(self, config_path: Path) -> list[str]:
         if self.server == "strata":
             return [sys.executable, "-m", "strata", "registry", "serve", "--config", str(config_path),
                     "--access-log", str(self.workdir / "access.log")]
         return [tools.require("docker-registry"), "serve", str(config_path)]
-
-    def _wait_ready(self, cmd: Sequence[str]) -> None:
-        assert self._proc is not None
-        context = self.tls.ssl_context() if self.tls is not None else None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise tools.ToolError(
-                    f"{self.server} exited while starting",
-                    cmd=cmd,
-                    returncode=self._proc.returncode,
-                    stderr=self.log(),
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2, context=context) as resp:
-                    if resp.status == 200:
-                        return
-            except urllib.error.HTTPError as exc:
-                if exc.code == 401:
-                    return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise tools.ToolError(
-            f"{self.server} did not answer within {self.start_timeout}s",
-            cmd=cmd,
-            returncode=None,
-            stderr=self.log(),
-        )
 
     def stop(self) -> None:
         """Stop the registry (SIGTERM, SIGKILL after 10 s). Idempotent."""
@@ -1103,6 +1065,14 @@ class Proxy(tools.Service):
         """A copy of the exchanges recorded so far, in the order they finished."""
         with self._lock:
             return list(self._exchanges)
+
+    def settled(self, count: int, timeout: float = 10) -> list[Exchange]:
+        """The exchanges once ``count`` have finished (a client can read a whole body before
+        the proxy has recorded its end); fewer after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while len(self.exchanges) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.exchanges
 
     def reset(self) -> None:
         """Forget the recorded exchanges."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strata.testing.tools import Service, ToolError, free_port
+from strata.testing.tools import Service, http_ready, spawn_listening
 
 __all__ = ["HTTPAnswer", "StrataRegistry", "http_request", "tree_digest"]
 
@@ -179,58 +179,18 @@ class StrataRegistry(Service):
         assert isinstance(storage, dict)
         if not any(k not in ("delete", "maintenance", "cache", "redirect") for k in storage):
             storage["filesystem"] = {"rootdirectory": str(self.storage)}
-        last: ToolError | None = None
-        for _ in range(3):
-            self.port = free_port()
+
+        def command(port: int) -> list[str]:
+            self.port = port
             http = config.setdefault("http", {})
             assert isinstance(http, dict)
             http["addr"] = self.address
             self.config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-            cmd = self._command()
-            with open(self._log, "ab") as log:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready(cmd)
-                return
-            except ToolError as exc:
-                last = exc
-                self.kill()
-        assert last is not None
-        raise last
+            return self._command()
 
-    def _wait_ready(self, cmd: list[str]) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ToolError(
-                    "strata registry exited while starting",
-                    cmd=cmd,
-                    returncode=self._proc.returncode,
-                    stderr=self.log(),
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except urllib.error.HTTPError as exc:
-                if exc.code == 401:
-                    return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise ToolError(
-            f"strata registry did not answer within {self.start_timeout}s",
-            cmd=cmd,
-            returncode=None,
-            stderr=self.log(),
-        )
+        self._proc, self.port = spawn_listening(
+            command, lambda port: http_ready(f"http://127.0.0.1:{port}/v2/", accept=(200, 401)),
+            log=self._log, what="strata registry", timeout=self.start_timeout)
 
     def stop(self, timeout: float = 20) -> int | None:
         """SIGTERM the server (it finishes in-flight requests), SIGKILL after ``timeout``.

@@ -24,14 +24,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from strata.testing.tools import Service, ToolError, _stop_child, free_port
+from strata.testing.tools import Service, ToolError, _stop_child, http_ready, spawn_listening
 
 __all__ = ["S3Server"]
 
@@ -169,32 +166,14 @@ class S3Server(Service):
                 could not be created.
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
-        last: ToolError | None = None
-        for _ in range(3):
-            self.port = free_port()
-            cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-            env = dict(os.environ)
-            # Keep the child away from any host AWS configuration and from the network.
-            for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-                env.pop(name, None)
-            with open(self._log, "ab") as log:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready(cmd)
-                break
-            except ToolError as exc:
-                last = exc
-                self.stop()
-        else:
-            assert last is not None
-            raise last
+        env = dict(os.environ)
+        # Keep the child away from any host AWS configuration and from the network.
+        for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+            env.pop(name, None)
+        self._proc, self.port = spawn_listening(
+            lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            lambda port: http_ready(f"http://127.0.0.1:{port}/moto-api/"),
+            log=self._log, what="the S3 server (moto)", timeout=self.start_timeout, env=env)
         client = self.client()
         try:
             client.create_bucket(Bucket=self.bucket)
@@ -205,31 +184,6 @@ class S3Server(Service):
             ) from exc
         finally:
             client.close()
-
-    def _wait_ready(self, cmd: list[str]) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ToolError(
-                    "the S3 server (moto) exited while starting",
-                    cmd=cmd,
-                    returncode=self._proc.returncode,
-                    stderr=self.log(),
-                )
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise ToolError(
-            f"the S3 server (moto) did not answer within {self.start_timeout}s",
-            cmd=cmd,
-            returncode=None,
-            stderr=self.log(),
-        )
 
     def stop(self) -> None:
         """Stop the server (its data goes with it). Idempotent."""

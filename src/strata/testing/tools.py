@@ -23,13 +23,14 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -571,6 +572,71 @@ def _stop_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
     proc.wait()
 
 
+def http_ready(url: str, *, accept: Sequence[int] = (200,), context: ssl.SSLContext | None = None
+               ) -> bool:
+    """Whether ``GET url`` answers now with one of the ``accept`` statuses."""
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+            return int(resp.status) in accept
+    except urllib.error.HTTPError as exc:
+        return exc.code in accept
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def spawn_listening(
+    command_for: Callable[[int], Sequence[str]],
+    ready: Callable[[int], bool],
+    *,
+    log: Path,
+    what: str,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    tries: int = 3,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server on a free loopback port and wait until ``ready(port)``.
+
+    ``command_for(port)`` prepares whatever the server needs for that port (a config file)
+    and returns its command line; the server runs in a session of its own with stdout and
+    stderr appended to ``log``. A server that exits or does not become ready in ``timeout``
+    seconds is killed (its whole process group) and the next of ``tries`` free ports is used.
+
+    Returns:
+        The running process and its port.
+
+    Raises:
+        ToolError: no try came up; the message names ``what`` and carries the log.
+    """
+    last: ToolError | None = None
+    for _ in range(tries):
+        port = free_port()
+        cmd = list(command_for(port))
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                last = ToolError(f"{what} exited while starting", cmd=cmd,
+                                 returncode=proc.returncode, stderr=_read_log(log))
+                break
+            if ready(port):
+                return proc, port
+            time.sleep(0.05)
+        else:
+            last = ToolError(f"{what} did not answer within {timeout}s", cmd=cmd,
+                             returncode=None, stderr=_read_log(log))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert last is not None
+    raise last
+
+
+def _read_log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 class Service:
     """A server a test starts and stops: ``with Thing(...) as thing:`` starts it and stops it
     on the way out, whatever happened. Subclasses define ``start`` and an idempotent ``stop``."""
@@ -788,9 +854,9 @@ class DockerRegistry(Service):
         binary = require("docker-registry")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage.mkdir(parents=True, exist_ok=True)
-        last: ToolError | None = None
-        for _ in range(3):
-            self.port = free_port()
+
+        def command(port: int) -> list[str]:
+            self.port = port
             config = self.workdir / "config.yml"
             config.write_text(
                 "version: 0.1\n"
@@ -805,48 +871,11 @@ class DockerRegistry(Service):
                 "  headers:\n    X-Content-Type-Options: [nosniff]\n"
                 "health:\n  storagedriver:\n    enabled: false\n"
             )
-            cmd = [binary, "serve", str(config)]
-            with open(self._log, "ab") as log:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready(cmd)
-                return
-            except ToolError as exc:
-                last = exc
-                self.stop()
-        assert last is not None
-        raise last
+            return [binary, "serve", str(config)]
 
-    def _wait_ready(self, cmd: Sequence[str]) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ToolError(
-                    "docker-registry exited while starting",
-                    cmd=cmd,
-                    returncode=self._proc.returncode,
-                    stderr=self.log(),
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise ToolError(
-            f"docker-registry did not answer within {self.start_timeout}s",
-            cmd=cmd,
-            returncode=None,
-            stderr=self.log(),
-        )
+        self._proc, self.port = spawn_listening(
+            command, lambda port: http_ready(f"http://127.0.0.1:{port}/v2/"),
+            log=self._log, what="docker-registry", timeout=self.start_timeout)
 
     def stop(self) -> None:
         """Stop the registry. Idempotent."""
