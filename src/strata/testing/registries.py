@@ -673,6 +673,7 @@ class Registry(tools.Service):
         users: the htpasswd users (name → password), empty without htpasswd auth.
         token: the token service, with token auth.
         tls: the certificates, with TLS.
+        extra_config: top-level configuration sections added as given (``validation``...).
     """
 
     def __init__(
@@ -684,6 +685,7 @@ class Registry(tools.Service):
         tls: TLSFiles | None = None,
         server: str = "docker-registry",
         start_timeout: float = 30,
+        extra_config: Mapping[str, object] | None = None,
     ) -> None:
         if server not in SERVERS:
             raise ValueError(f"unknown registry server {server!r}")  # test misuse
@@ -697,6 +699,7 @@ class Registry(tools.Service):
         self.token = token
         self.tls = tls
         self.start_timeout = start_timeout
+        self.extra_config = dict(extra_config or {})
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = workdir / "registry.log"
@@ -761,6 +764,7 @@ class Registry(tools.Service):
                     "rootcertbundle": str(self.token.cert_path),
                 }
             }
+        config.update(self.extra_config)
         return config
 
     def start(self) -> None:
@@ -880,6 +884,7 @@ class Fault:
         status: the status a :attr:`FaultKind.STATUS` answers.
         retry_after: the ``Retry-After`` seconds a :attr:`FaultKind.STATUS` sends.
         body: the body a :attr:`FaultKind.BODY` substitutes.
+        headers: extra response headers a :attr:`FaultKind.STATUS` sends.
     """
 
     kind: FaultKind
@@ -891,6 +896,7 @@ class Fault:
     status: int = 500
     retry_after: int | None = None
     body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def cut_blob(cls, digest: str, *, after: int, times: int | None = 1) -> Fault:
@@ -916,6 +922,14 @@ class Fault:
         return cls(
             FaultKind.STATUS, path, tuple(methods), times, status=status, retry_after=retry_after
         )
+
+    @classmethod
+    def unauthorized(cls, path: str, challenge: str, *, times: int | None = 1,
+                     methods: Sequence[str] = ("GET", "HEAD")) -> Fault:
+        """Answer ``401`` with ``WWW-Authenticate: challenge`` to requests matching ``path``
+        (a regex), as a registry does when it refuses a token it accepted before."""
+        return cls(FaultKind.STATUS, path, tuple(methods), times, status=401,
+                   headers=(("WWW-Authenticate", challenge),))
 
     @classmethod
     def blob_error(
@@ -1182,9 +1196,10 @@ class Proxy(tools.Service):
     async def _answer_status(
         self, request: web.Request, fault: Fault, counts: dict[str, int]
     ) -> web.Response:
-        code = "TOOMANYREQUESTS" if fault.status == 429 else "UNKNOWN"
+        code = {429: "TOOMANYREQUESTS", 401: "UNAUTHORIZED"}.get(fault.status, "UNKNOWN")
         body = json.dumps({"errors": [{"code": code, "message": "injected by the test proxy"}]})
         extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+        extra.update(fault.headers)
         counts["status"] = fault.status
         data = b"" if request.method == "HEAD" else body.encode()
         counts["out"] = len(data)

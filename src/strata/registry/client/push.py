@@ -23,7 +23,7 @@ from typing import BinaryIO
 from strata.content import LocalStore
 from strata.errors import InvalidArgument, StrataError
 from strata.images import Image
-from strata.oci import Descriptor, Digest, Reference
+from strata.oci import Descriptor, Digest, Reference, mediatypes
 from strata.progress import Progress, ProgressEvent, Stage, no_progress
 from strata.registry.client.remote import RegistryClient, Repository
 from strata.registry.client.sources import BlobSources
@@ -155,7 +155,11 @@ def push(client: RegistryClient, content: LocalStore, image: Image, ref: Referen
     if ref.digest is not None and ref.digest != digest:
         raise InvalidArgument(f"cannot push {ref}: the image's manifest digest is {digest}")
     repo = client.repository(ref)
-    blobs = [*manifest.layers, manifest.config]
+    # Foreign layers stay where their urls say, as docker leaves them (the manifest keeps
+    # naming them; the registry checks their urls against its policy).
+    blobs = [*(layer for layer in manifest.layers
+               if not (layer.urls and mediatypes.is_non_distributable(layer.media_type))),
+             manifest.config]
     diff_ids = image.config().rootfs.diff_ids
     labels = {layer.digest: diff_id.short()
               for layer, diff_id in zip(manifest.layers, diff_ids, strict=False)}
