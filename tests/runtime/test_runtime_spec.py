@@ -52,7 +52,9 @@ def test_process_fields_follow_the_runtime_spec() -> None:
     assert set(caps) == {"bounding", "effective", "permitted"}  # no inheritable (docker)
     assert caps["bounding"] == list(DEFAULT_CAPABILITIES)
     assert len(DEFAULT_CAPABILITIES) == 14 and "CAP_SYS_ADMIN" not in DEFAULT_CAPABILITIES
-    assert process["rlimits"] == []
+    nofile = process["rlimits"]  # docker's default open-files limit (capped at strata's)
+    assert [r["type"] for r in nofile] == ["RLIMIT_NOFILE"]
+    assert nofile[0]["soft"] == nofile[0]["hard"] <= 1 << 20
 
 
 def test_linux_namespaces_masked_and_readonly_paths() -> None:
