@@ -53,8 +53,16 @@ from strata.oci import (
 )
 from strata.oci._json import JSONObject
 from strata.progress import Progress, no_progress
-from strata.runtime import ContainerRecord, Containers, ContainerStore, ImageForRun, RunOptions
-from strata.runtime import ExecOptions, LogEntry, parse_signal
+from strata.runtime import (
+    ContainerRecord,
+    Containers,
+    ContainerStore,
+    ExecOptions,
+    ImageForRun,
+    LogEntry,
+    RunOptions,
+    parse_signal,
+)
 from strata.runtime import network as runtime_network
 from strata.runtime import volumes as runtime_volumes
 from strata.snapshots import Kind, Snapshotter, open_snapshotter
@@ -764,7 +772,7 @@ class Engine:
         """
         if kind not in (None, "container", "image"):
             raise InvalidArgument(f'"{kind}" is not a valid value for --type')
-        if kind != "image":
+        if kind == "container" or (kind is None and (self.root / "containers.db").exists()):
             try:
                 return self.container_inspect(name, size=size)
             except NotFound:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from strata.engine import Engine
-from strata.runtime.changes import WritableLayer, writable_layer
+from strata.runtime.changes import writable_layer
 from strata.runtime.container import upper_key
 from strata.testing import tools, trees
 from strata.testing.baseimages import BUSYBOX_REF
@@ -81,17 +81,6 @@ def _as_changes(members: list[tarfile.TarInfo], lowers: tuple[Path, ...]) -> set
     return out
 
 
-def _dir_unchanged(layer: WritableLayer, rel: str) -> bool:
-    """docker's rule for a copied-up parent directory: size, mode and mtime as below."""
-    new = os.lstat(layer.upper / rel)
-    for lower in layer.lowers:
-        if os.path.lexists(lower / rel):
-            old = os.lstat(lower / rel)
-            return (new.st_size, new.st_mode, new.st_mtime_ns) == (
-                old.st_size, old.st_mode, old.st_mtime_ns)
-    return False
-
-
 def test_copy_on_write_diff_size_commit(root: Path, runtime: str) -> None:
     cli = tools.StrataCLI(root)
     engine = Engine(root)
@@ -142,25 +131,19 @@ def test_copy_on_write_diff_size_commit(root: Path, runtime: str) -> None:
     assert cli("inspect", "-s", "-f", "{{.SizeRw}}", name).stdout == f"{written}\n"
     assert "SizeRw" not in json.loads(cli("inspect", name).stdout)[0]
 
-    # diff: exactly the three changes and their parent (/etc only if its metadata changed).
+    # diff: exactly the three changes and the directories holding them.
     lines = cli("diff", name).stdout.splitlines()
-    expected = ["C /bin", "D /bin/true", "A /created.txt", "C /etc/passwd"]
-    if not _dir_unchanged(layer, "etc"):
-        expected.insert(3, "C /etc")
-    assert lines == expected
+    assert lines == ["C /bin", "D /bin/true", "A /created.txt", "C /etc", "C /etc/passwd"]
 
-    # commit: the new layer's entries are what diff listed (directories diff leaves out are
-    # only unchanged parents), and run of the image shows the changes.
+    # commit: the new layer's entries are what diff listed, and run of the image shows the
+    # changes.
     image_id = cli("commit", "-m", "cow test", "-a", "R4 <r4@example.com>", name,
                    f"localhost/cow-{runtime}:1").stdout.strip()
     assert image_id.startswith("sha256:") and len(image_id) == 71
     members = _layer_entries(engine, f"localhost/cow-{runtime}:1")
-    from_layer = _as_changes(members, layer.lowers)
-    assert set(lines) <= from_layer
-    assert {line for line in from_layer - set(lines)} <= {"C /etc", "C /bin"}
-    dirs_only = {m.name.rstrip("/") for m in members if m.isdir()}
-    for line in from_layer - set(lines):
-        assert line[3:] in dirs_only and _dir_unchanged(layer, line[3:])
+    assert _as_changes(members, layer.lowers) == set(lines)
+    assert sorted(m.name for m in members) == ["bin", "bin/.wh.true", "created.txt", "etc",
+                                               "etc/passwd"]
     out = cli("run", "--runtime", runtime, "--network", "none", "--rm",
               f"localhost/cow-{runtime}:1", "sh", "-c",
               "cat /created.txt; tail -n 1 /etc/passwd; ls /bin/true 2>&1; echo done")
@@ -204,10 +187,10 @@ def test_opaque_directory_and_deleted_directory(root: Path, runtime: str) -> Non
         "-c", "rm -r /usr && mkdir /usr && echo only > /usr/only && rm -r /var/spool &&"
         " mkdir -p /home/new/deep && echo x > /home/new/deep/f")
     lines = cli("diff", name).stdout.splitlines()
-    # /usr was replaced by a directory of the same name: overlay made it opaque, and docker
-    # reports such a directory deleted, then its new entries.
+    # /usr was replaced by a directory of the same name (overlay made it opaque): what it
+    # held below is deleted, its new entry added.
     assert lines == ["C /home", "A /home/new", "A /home/new/deep", "A /home/new/deep/f",
-                     "D /usr", "A /usr/only", "C /var", "D /var/spool"]
+                     "C /usr", "A /usr/only", "D /usr/sbin", "C /var", "D /var/spool"]
     cli("commit", name, f"localhost/opq-{runtime}")
     members = {m.name for m in _layer_entries(Engine(root), f"localhost/opq-{runtime}")}
     assert {"usr/.wh..wh..opq", "var/.wh.spool", "home/new/deep/f", "usr/only"} <= members
@@ -216,3 +199,25 @@ def test_opaque_directory_and_deleted_directory(root: Path, runtime: str) -> Non
     assert out.stdout.splitlines() == ["only", "x"]
     cli("rm", name)
     cli("rmi", f"localhost/opq-{runtime}")
+
+
+def test_native_snapshotter_diff_size_commit(busybox_layout: Path, tmp_path: Path) -> None:
+    """Where overlay cannot be used, the same commands compare the container's full copy with
+    its init layer's (docker's naive diff)."""
+    root = tmp_path / "native-root"
+    cli = tools.StrataCLI(root, env={"STRATA_SNAPSHOTTER": "native"})
+    cli("load", "-i", busybox_layout)
+    cli("run", "--network", "none", "--name", "n1", BUSYBOX_REF, "sh", "-c", SCRIPT)
+    assert cli("diff", "n1").stdout.splitlines() == [
+        "C /bin", "D /bin/true", "A /created.txt", "C /etc", "C /etc/passwd"]
+    passwd = len(cli("run", "--rm", "--network", "none", BUSYBOX_REF, "cat",
+                     "/etc/passwd").stdout)
+    size = cli("inspect", "-s", "-f", "{{.SizeRw}}", "n1").stdout
+    assert size == f"{len(NEW_TEXT) + passwd + len(APPENDED)}\n"
+    cli("commit", "n1", "localhost/native-commit")
+    out = cli("run", "--rm", "--network", "none", "localhost/native-commit", "sh", "-c",
+              "cat /created.txt; tail -n 1 /etc/passwd; ls /bin/true 2>&1", check=False)
+    assert out.stdout.splitlines() == [NEW_TEXT.strip(), APPENDED.strip(),
+                                       "ls: /bin/true: No such file or directory"]
+    cli("rm", "n1")
+    assert str(root) not in Path("/proc/self/mountinfo").read_text()

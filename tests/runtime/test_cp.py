@@ -240,6 +240,14 @@ def test_copy_with_a_running_container(root: Path, running: tuple[str, int],
     # The kernel filesystems mounted in a running container are not destinations.
     out = cli("cp", tmp_path / "in.txt", f"{name}:/proc/in.txt", check=False)
     assert out.returncode == 1 and "/proc" in out.stderr
+    out = cli("cp", f"{name}:/proc/1/status", tmp_path / "status", check=False)
+    assert out.returncode == 1 and "/proc" in out.stderr
+    # Its whole root: the kernel filesystems' mount points come without their contents.
+    cli("cp", f"{name}:/", tmp_path / "rootcopy")
+    assert {"bin", "etc", "tmp", "proc", "sys"} <= set(os.listdir(tmp_path / "rootcopy"))
+    assert (tmp_path / "rootcopy" / "tmp" / "in.txt").read_text() == "copied in\n"
+    assert os.listdir(tmp_path / "rootcopy" / "proc") == []
+    assert os.listdir(tmp_path / "rootcopy" / "sys") == []
     # The container was stopped only for the copy: it runs on.
     state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
     assert state == "S"

@@ -208,3 +208,22 @@ def test_rmi_of_an_image_in_use(root: Path, runtime: str) -> None:
     cli("rm", name)
     cli("image", "prune", "-f")  # unused now: pruned
     assert image_id not in cli("images", "-q", "--no-trunc").stdout
+
+
+def test_rm_v_removes_anonymous_volumes_only(root: Path, runtime: str) -> None:
+    cli = tools.StrataCLI(root)
+    name = f"vols-{runtime}"
+    named = f"kept-{runtime}"
+    cli("run", "--runtime", runtime, "--network", "none", "--name", name, "-v", "/data", "-v",
+        f"{named}:/n", BUSYBOX_REF, "sh", "-c", "echo x > /data/f; echo y > /n/g")
+    (info,) = json.loads(cli("inspect", name).stdout)
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert mounts["/n"]["Type"] == "volume" and mounts["/n"]["Name"] == named
+    anonymous = mounts["/data"]["Name"]
+    assert len(anonymous) == 64
+    volumes = cli("volume", "ls", "-q").stdout.split()
+    assert anonymous in volumes and named in volumes
+    assert cli("rm", "-v", name).stdout == f"{name}\n"
+    volumes = cli("volume", "ls", "-q").stdout.split()
+    assert anonymous not in volumes and named in volumes
+    cli("volume", "rm", named)

@@ -243,11 +243,13 @@ def test_userns_auto_maps_root_to_an_unprivileged_host_range(runtime: str, usern
     secret.chmod(0o600)
     name = f"userns-{run.runtime}"
     script = ("cat /proc/self/uid_map /proc/self/gid_map; id -u; ls -ln /bin/busybox;"
-              " echo hi > /newfile && ls -ln /newfile; cat /secret/secret")
+              " echo hi > /newfile && ls -ln /newfile; cat /secret/secret; rm /bin/vi;"
+              " echo '10.9.9.9 extra' >> /etc/hosts && grep -c extra /etc/hosts")
     out = run.cli("run", "--runtime", run.runtime, "--name", name, "--userns", "auto",
                   "-v", f"{shared}:/secret", BUSYBOX_REF, "sh", "-c", script, check=False)
     lines = out.stdout.splitlines()
-    assert len(lines) == 5, (out.returncode, out.stdout, out.stderr)
+    assert len(lines) == 6, (out.returncode, out.stdout, out.stderr)
+    assert lines[5] == "1"  # its /etc/hosts is its root's to edit, as without userns
     assert lines[0].split() == ["0", "100000", "65536"], out.stderr
     assert lines[1].split() == ["0", "100000", "65536"]
     assert lines[2] == "0"  # root inside...
@@ -260,6 +262,9 @@ def test_userns_auto_maps_root_to_an_unprivileged_host_range(runtime: str, usern
     # On disk the new file belongs to uid 0, as without a user namespace (diff/commit agree).
     found = [p for p in userns_root.rglob("newfile") if p.is_file()]
     assert found and all(p.stat().st_uid == 0 for p in found)
+    # The writable layer reads as without a user namespace: a new file, a whiteout.
+    changes = run.cli("diff", name).stdout.splitlines()
+    assert {"A /newfile", "C /bin", "D /bin/vi"} <= set(changes)
     run.cli("rm", name)
 
 
@@ -273,3 +278,15 @@ def test_userns_rejects_unknown_modes(run: Run) -> None:
     out = run("--userns", "private", BUSYBOX_REF, "true")
     assert out.returncode == 125
     assert "invalid --userns mode 'private'" in out.stderr
+
+
+def test_cap_drop_and_cap_add_reach_the_process(run: Run) -> None:
+    out = run.sh("grep CapEff /proc/self/status; touch /tmp/f; chown 1 /tmp/f && echo chowned",
+                 "--cap-drop", "ALL", "--cap-add", "CHOWN")
+    assert out.stdout.split() == ["CapEff:", "0000000000000001", "chowned"], out.stderr
+    out = run.sh("touch /tmp/f; chown 1 /tmp/f && echo chowned", "--cap-drop", "chown")
+    assert "chowned" not in out.stdout
+    assert "Operation not permitted" in out.stderr
+    out = run.sh("true", "--cap-add", "FLY")
+    assert out.returncode == 125
+    assert 'unknown capability: "FLY"' in out.stderr

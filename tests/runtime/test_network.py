@@ -121,6 +121,19 @@ def _proxy_pid(cdir: Path) -> int:
     return attachment.proxy_pid if attachment is not None else 0
 
 
+def _host_has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+#: Whether published ports also listen on ``::`` here (docker does it where IPv6 exists).
+IPV6 = _host_has_ipv6()
+
+
 def _pool() -> dict[str, dict[str, str]]:
     data = json.loads((network.STATE_DIR / f"{network.BRIDGE}.json").read_text())
     allocations: dict[str, dict[str, str]] = data["allocations"]
@@ -236,8 +249,8 @@ def test_unknown_network_fails_with_125(strata: Strata) -> None:
 # --------------------------------------------------------------------------- ports
 
 
-def _fetch(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+def _fetch(port: int, host: str = "127.0.0.1") -> bytes:
+    with socket.create_connection((host, port), timeout=10) as s:
         chunks: list[bytes] = []
         while True:
             data = s.recv(4096)
@@ -255,14 +268,17 @@ def test_publish_tcp_port_reaches_the_container(strata: Strata) -> None:
         cdir = _container_dir(strata.root, name)
         _wait_for(lambda: _proxy_pid(cdir) != 0, "the port proxy")
         port_out = strata("port", name)
-        assert port_out.stdout == f"80/tcp -> 0.0.0.0:{host_port}\n", port_out.stderr
-        assert strata("port", name, "80").stdout == f"0.0.0.0:{host_port}\n"
+        v6_line = f"80/tcp -> [::]:{host_port}\n" if IPV6 else ""
+        assert port_out.stdout == f"80/tcp -> 0.0.0.0:{host_port}\n{v6_line}", port_out.stderr
+        assert strata("port", name, "80").stdout == f"0.0.0.0:{host_port}\n" + (
+            f"[::]:{host_port}\n" if IPV6 else "")
         missing = strata("port", name, "81/tcp")
         assert missing.returncode == 1
         assert f"No public port '81/tcp' published for {name}" in missing.stderr
         ps = tools.parse_table(strata("ps").stdout)
         row = next(r for r in ps if r["NAMES"] == name)
-        assert row["PORTS"] == f"0.0.0.0:{host_port}->80/tcp"
+        assert row["PORTS"] == f"0.0.0.0:{host_port}->80/tcp" + (
+            f", :::{host_port}->80/tcp" if IPV6 else "")
         body = b""
         for _ in range(200):  # until nc listens inside
             body = _fetch(host_port)
@@ -331,14 +347,17 @@ def test_publish_port_in_use_fails_with_125_and_leaves_nothing(strata: Strata) -
     busy.bind(("0.0.0.0", 0))
     busy.listen(1)
     port = busy.getsockname()[1]
-    veths = {n for n in os.listdir("/sys/class/net") if n.startswith("veth")}
+    before = strata("ps", "-aq", "--no-trunc").stdout
     try:
         out = strata.run("--rm", "-p", f"{port}:80", BUSYBOX_REF, "true")
     finally:
         busy.close()
     assert out.returncode == 125
     assert f"Bind for 0.0.0.0:{port} failed: port is already allocated" in out.stderr
-    assert {n for n in os.listdir("/sys/class/net") if n.startswith("veth")} <= veths
+    assert strata("ps", "-aq", "--no-trunc").stdout == before
+    ours = str(strata.root / "containers")
+    assert not [ip for ip, owner in _pool().items() if owner["dir"].startswith(ours)
+                and not Path(owner["dir"]).exists()]
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -388,8 +407,9 @@ def test_nothing_is_left_after_the_container_goes(strata: Strata) -> None:
         time.sleep(0.05)
     code, _, err = _finish(proc, strata.root, name)
     assert code == 0, err
-    # Stopped: the network is gone, the container is not.
-    assert not os.path.exists(f"/sys/class/net/{veth}")
+    # Stopped: the network is gone, the container is not.  (The kernel deletes the veth
+    # pair with the namespace, in the background.)
+    _wait_for(lambda: not os.path.exists(f"/sys/class/net/{veth}"), f"{veth} to go", 10)
     assert not os.path.exists(f"/proc/{proxy}") or b"portproxy" not in Path(
         f"/proc/{proxy}/cmdline").read_bytes()
     assert not network.netns_path(cdir).exists()
@@ -418,3 +438,86 @@ def test_reclaim_releases_addresses_of_removed_containers(tmp_path: Path) -> Non
     gone.rmdir()
     assert str(ip) in network.reclaim()
     assert str(ip) not in _pool()
+
+
+def test_kill_9_of_supervisor_and_container_is_reconciled(strata: Strata) -> None:
+    """strata and the container killed with -9: the next ``ps`` tears the network down."""
+    name = f"k9-{strata.runtime}"
+    host_port = tools.free_port()
+    started = strata("run", "-d", "--runtime", strata.runtime, "--name", name, "-p",
+                     f"{host_port}:80", BUSYBOX_REF, "sleep", "600")
+    assert started.returncode == 0, started.stderr
+    cdir = strata.root / "containers" / started.stdout.strip()
+    _wait_for(lambda: _proxy_pid(cdir) != 0, "the port proxy")
+    attachment = network.attachment_of(cdir)
+    assert attachment is not None
+    record = ContainerStore(strata.root / "containers.db").find(name)
+    assert record.pid and record.supervisor_pid
+    os.kill(record.supervisor_pid, 9)
+    os.kill(record.pid, 9)
+    _wait_for(lambda: not os.path.exists(f"/proc/{record.pid}/cmdline") or
+              not Path(f"/proc/{record.pid}/cmdline").read_bytes(), "the container to die")
+    rows = tools.parse_table(strata("ps", "-a").stdout)
+    row = next(r for r in rows if r["NAMES"] == name)
+    assert row["STATUS"].startswith("Exited") and row["PORTS"] == ""
+    assert network.attachment_of(cdir) is None
+    assert not network.netns_path(cdir).exists()
+    assert attachment.ip_address not in _pool() or _pool()[attachment.ip_address]["dir"] != str(
+        cdir)
+    assert not os.path.exists(f"/proc/{attachment.proxy_pid}/cmdline") or b"portproxy" not in \
+        Path(f"/proc/{attachment.proxy_pid}/cmdline").read_bytes()
+    _wait_for(lambda: not os.path.exists(f"/sys/class/net/{attachment.veth}"),
+              f"{attachment.veth} to go", 10)
+    assert strata("rm", name).returncode == 0
+
+
+def test_published_port_answers_on_ipv6_loopback_where_there_is_one(strata: Strata) -> None:
+    host_port = tools.free_port()
+    name = f"v6-{strata.runtime}"
+    server = strata.background(name, "--rm", "-p", f"{host_port}:80", BUSYBOX_REF, "sh", "-c",
+                               "echo over-ipv6 | nc -l -p 80")
+    try:
+        cdir = _container_dir(strata.root, name)
+        _wait_for(lambda: _proxy_pid(cdir) != 0, "the port proxy")
+        attachment = network.attachment_of(cdir)
+        assert attachment is not None
+        assert [p.host_ip for p in attachment.ports] == (["", "::"] if IPV6 else [""])
+        # An IPv4-only host publishes on 0.0.0.0 alone (docker too).
+        host = "::1" if IPV6 else "127.0.0.1"
+        body = b""
+        for _ in range(200):
+            try:
+                body = _fetch(host_port, host)
+            except ConnectionRefusedError:
+                body = b""
+            if body:
+                break
+            time.sleep(0.05)
+        assert body == b"over-ipv6\n"
+    finally:
+        code, _, err = _finish(server, strata.root, name)
+    assert code == 0, err
+
+
+def test_a_released_veth_that_outlives_its_namespace_is_deleted_later(tmp_path: Path
+                                                                      ) -> None:
+    stale = "vethstrataR3t"
+    tools.run(["ip", "link", "add", stale, "type", "veth", "peer", "name", f"{stale}p"])
+    try:
+        owner = tmp_path / "containers" / ("e" * 64)
+        owner.mkdir(parents=True)
+        network._release(owner, stale)  # as teardown records it
+        data = json.loads((network.STATE_DIR / f"{network.BRIDGE}.json").read_text())
+        data["released_veths"][stale] -= 60  # released a minute ago
+        network._write_pool(data)
+        gateway = network.bridge_subnet()
+        with network._locked():
+            ip = network._allocate(owner, gateway)
+        assert not os.path.exists(f"/sys/class/net/{stale}")
+        assert stale not in json.loads((network.STATE_DIR / f"{network.BRIDGE}.json")
+                                       .read_text()).get("released_veths", {})
+        network._release(owner)
+        assert str(ip) not in _pool()
+    finally:
+        if os.path.exists(f"/sys/class/net/{stale}"):
+            tools.run(["ip", "link", "del", stale])

@@ -25,12 +25,15 @@ OPTIONS: tuple[Callable[[Any], Any], ...] = (
     click.option("-p", "--publish", "publish", multiple=True,
                  metavar="[IP:][HOST:]CONTAINER[/PROTO]",
                  help="Publish a container's port(s) to the host."),
+    click.option("-P", "--publish-all", "publish_all", is_flag=True,
+                 help="Publish all exposed ports to random ports."),
 )
 
 
 def fields(opts: dict[str, Any]) -> dict[str, Any]:
     """RunOptions fields from the parsed options."""
-    return {"network": opts["network"], "publish": tuple(opts["publish"])}
+    return {"network": opts["network"], "publish": tuple(opts["publish"]),
+            "publish_all": bool(opts["publish_all"])}
 
 
 def ports_text(ports: Sequence[PortMapping]) -> str:
@@ -51,8 +54,7 @@ def port_cmd(ctx: click.Context, container: str, private_port: str | None) -> No
         sys.exit(1)
     if private_port is None:
         for p in ports:
-            click.echo(f"{p.container_port}/{p.protocol} -> {p.host_ip or '0.0.0.0'}:"
-                       f"{p.host_port}")
+            click.echo(f"{p.container_port}/{p.protocol} -> {p.host_address}")
         return
     number, _, proto = private_port.partition("/")
     proto = proto or "tcp"
@@ -62,7 +64,7 @@ def port_cmd(ctx: click.Context, container: str, private_port: str | None) -> No
                    err=True)
         sys.exit(1)
     for p in found:
-        click.echo(f"{p.host_ip or '0.0.0.0'}:{p.host_port}")
+        click.echo(p.host_address)
 
 
 def register(group: click.Group) -> None:

@@ -7,7 +7,16 @@ resolved *inside* the rootfs, as runc's securejoin does, so symlinks in the imag
 redirect a mount to the host), creates the standard device nodes, ``pivot_root``\\ s into the
 rootfs (not ``chroot``) and detaches the old root, masks and write-protects the spec's paths,
 sets the hostname and rlimits, drops the capability bounding set, sets ``no_new_privs``,
-switches uid/gid keeping only the spec's capabilities, and finally ``execve``\\ s the process.
+switches uid/gid keeping only the spec's capabilities, loads the seccomp filter and finally
+``execve``\\ s the process.
+
+Resources: before forking, the container's cgroup (``linux.cgroupsPath``) is created with the
+spec's ``linux.resources`` (:func:`strata.runtime.cgroups.apply`, as runc does) and PID 1
+joins it first thing, so the runtime child itself is never counted (nor OOM-killed).  With a
+user namespace (``--userns auto``) the runtime child first mounts the rootfs on idmapped
+layers in a private mount namespace, unshares, waits for this process to write its uid/gid
+maps, puts PID 1 in the cgroup (PID 1 no longer may) and lets it go on as the namespace's
+root; device nodes are then bound from the host instead of made.
 
 Failures before ``execve`` travel back on a close-on-exec pipe as JSON and become
 :class:`~strata.errors.CommandNotFound` (127) / :class:`~strata.errors.CannotExecute` (126) /

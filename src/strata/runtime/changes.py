@@ -1,22 +1,24 @@
 """A container's writable layer: what changed (``diff``), its size (``SizeRw``) and ``commit``.
 
-Owns reading a container's changes from its snapshot, the way docker's graph drivers do:
+Owns reading a container's changes from its snapshot with the rules docker's graph driver
+applies on this kernel (docker 20.10's overlay2 uses its "naive" diff — the container's tree
+against its parent's, ``archive.ChangesDirs`` — where the kernel has ``redirect_dir``):
 
-* overlay: the upper directory *is* the change set.  :func:`changes` follows docker's
-  ``archive.OverlayChanges``: a character device 0/0 is a deletion (``D``), a directory with
-  ``trusted.overlay.opaque=y`` that exists below is reported deleted (its new entries follow
-  as additions), an entry that exists in a lower directory is a modification (``C``) unless
-  it is a directory whose size, mode and mtime are unchanged (a parent copied up on the
-  way), anything else is an addition (``A``); the parent of an addition or deletion is
-  reported modified.  The init layer is a lower directory, so its files are never reported.
-* native (full copies): the tree is compared with the init layer's tree as docker's
-  ``archive.ChangesDirs`` does (type, mode, owner, device, size and mtime of
-  non-directories, link targets); parents of changes are modified.
+* an entry missing below is an addition (``A``; a new directory's whole tree too), one that
+  differs from the one below (type, mode, owner, device, and size and mtime of
+  non-directories, link target) a modification (``C``), a deleted one a deletion (``D``);
+  a directory holding a change is modified; the container's root is never listed;
+* overlay: computed from the upper directory and the lowers without mounting anything — a
+  character device 0/0 is a deletion, an opaque directory deletes the entries below it
+  that it does not hold again; "below" is the lowers' merged view, looked up without ever
+  following a symlink of a lower (a hostile image cannot make strata read host paths);
+* native (full copies): the tree is compared with its init layer's tree.
 
-:func:`size_rw` is docker's ``SizeRw`` (apparent sizes of the non-directory entries of the
-writable layer, each inode once), :func:`commit_image` turns the writable layer into a new
-image layer (through :func:`strata.layers.diff`, so the layer holds exactly what
-:func:`changes` lists, with OCI whiteouts for deletions) on top of the container's image.
+The init layer is what the container is compared with, so its files are never reported.
+:func:`size_rw` is docker's ``SizeRw`` (the apparent sizes of the added and modified
+non-directories, each inode once), :func:`commit_image` turns the writable layer into a new
+image layer (through :func:`strata.layers.diff`: every entry of the upper directory, with
+OCI whiteouts for deletions and opaque markers) on top of the container's image.
 Nothing here changes the container's trees.
 """
 
@@ -59,7 +61,9 @@ __all__ = [
     "CommitResult",
     "WritableLayer",
     "changes",
+    "check_reference",
     "commit_image",
+    "image_layers_size",
     "size_rw",
     "writable_layer",
 ]
@@ -135,20 +139,32 @@ def writable_layer(snapshotter: Snapshotter, container_id: str) -> WritableLayer
 
 def _walk(top: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
     """Every entry under ``top/rel`` (not itself), pre-order with siblings by name, as Go's
-    ``filepath.Walk``; paths relative to ``top``."""
-    try:
-        names = sorted(os.listdir(f"{top}/{rel}" if rel else top))
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for name in names:
-        child = f"{rel}/{name}" if rel else name
+    ``filepath.Walk``; paths relative to ``top``.  Iterative: depth is not bounded by
+    Python's recursion limit."""
+    stack: list[Iterator[str]] = [iter(_names(top, rel))]
+    prefixes = [rel]
+    while stack:
+        name = next(stack[-1], None)
+        if name is None:
+            stack.pop()
+            prefixes.pop()
+            continue
+        child = f"{prefixes[-1]}/{name}" if prefixes[-1] else name
         try:
             st = os.lstat(f"{top}/{child}")
         except FileNotFoundError:
             continue
         yield child, st
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(top, child)
+            stack.append(iter(_names(top, child)))
+            prefixes.append(child)
+
+
+def _names(top: str, rel: str) -> list[str]:
+    try:
+        return sorted(os.listdir(f"{top}/{rel}" if rel else top))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -165,12 +181,6 @@ def _opaque(path: str) -> bool:
         return False
 
 
-def _same_dir(a: os.stat_result, b: os.stat_result) -> bool:
-    """docker's test that a directory was only copied up: size, mode and mtime equal."""
-    return (a.st_size == b.st_size and a.st_mode == b.st_mode
-            and _same_time(a.st_mtime_ns, b.st_mtime_ns))
-
-
 def _same_time(a: int, b: int) -> bool:
     """docker's sameFsTime: equal, or equal seconds where one side lost the nanoseconds."""
     if a == b:
@@ -180,38 +190,146 @@ def _same_time(a: int, b: int) -> bool:
     return sa == sb and (na == 0 or nb == 0)
 
 
-def _overlay_changes(layer: WritableLayer) -> list[Change]:
-    upper = str(layer.upper)
-    lowers = [str(p) for p in layer.lowers]
-    out: list[Change] = []
-    changed_dirs: set[str] = set()
-    for rel, st in _walk(upper):
-        path = f"/{rel}"
-        kind = ""
-        if is_overlay_whiteout(st) or (stat.S_ISDIR(st.st_mode) and _opaque(f"{upper}/{rel}") and any(
-                _lstat(f"{lower}/{rel}") is not None for lower in lowers)):
-            kind = DELETE
-        else:
-            kind = ADD
-            skip = False
-            for lower in lowers:
-                old = _lstat(f"{lower}/{rel}")
-                if old is None:
-                    continue
-                if stat.S_ISDIR(old.st_mode) and stat.S_ISDIR(st.st_mode) and _same_dir(st, old):
-                    skip = True
-                kind = MODIFY
-                break
-            if skip:
+class _Below:
+    """lstat of a path in a lower directory, never through a symlink of that lower (a
+    hostile image's ``/x -> /`` must not make strata look at the host's files)."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, bool] = {}
+
+    def _real_dir(self, path: str) -> bool:
+        known = self._dirs.get(path)
+        if known is None:
+            st = _lstat(path)
+            known = self._dirs[path] = st is not None and stat.S_ISDIR(st.st_mode)
+        return known
+
+    def lstat(self, lower: str, rel: str) -> os.stat_result | None:
+        parts = rel.split("/")
+        current = lower
+        for part in parts[:-1]:
+            current = f"{current}/{part}"
+            if not self._real_dir(current):
+                return None
+        return _lstat(f"{lower}/{rel}")
+
+
+class _Lowers:
+    """The merged view of an overlay's lower directories (top first), as the kernel shows
+    it: the first layer holding a path wins, whiteouts delete, opaque directories and
+    non-directories hide what is below them."""
+
+    def __init__(self, lowers: Sequence[Path]) -> None:
+        self.lowers = [str(p) for p in lowers]
+        self.below = _Below()
+
+    def _hidden_here(self, lower: str, parts: Sequence[str]) -> bool:
+        """Whether an ancestor of the path in ``lower`` ends the search (whiteout, opaque
+        directory or non-directory)."""
+        current = lower
+        for part in parts[:-1]:
+            current = f"{current}/{part}"
+            st = _lstat(current)
+            if st is None:
+                return False
+            if not stat.S_ISDIR(st.st_mode) or _opaque(current):
+                return True
+        return False
+
+    def find(self, rel: str) -> tuple[str, os.stat_result] | None:
+        """(host path, stat) of ``rel`` in the merged lowers, or None."""
+        parts = rel.split("/")
+        for lower in self.lowers:
+            st = self.below.lstat(lower, rel)
+            if st is not None:
+                return None if is_overlay_whiteout(st) else (f"{lower}/{rel}", st)
+            if self._hidden_here(lower, parts):
+                return None
+        return None
+
+    def names(self, rel: str) -> set[str]:
+        """The entries of directory ``rel`` in the merged lowers."""
+        found: set[str] = set()
+        gone: set[str] = set()
+        parts = rel.split("/")
+        for lower in self.lowers:
+            st = self.below.lstat(lower, rel)
+            if st is None:
+                if self._hidden_here(lower, parts):
+                    break
                 continue
-        if stat.S_ISDIR(st.st_mode):
-            changed_dirs.add(path)
-        if kind in (ADD, DELETE):
-            parent = path.rpartition("/")[0] or "/"
-            if parent != "/" and parent not in changed_dirs:
-                out.append(Change(MODIFY, parent))
-                changed_dirs.add(parent)
-        out.append(Change(kind, path))
+            if not stat.S_ISDIR(st.st_mode):
+                break
+            for name in _names(lower, rel):
+                if name in found or name in gone:
+                    continue
+                child = _lstat(f"{lower}/{rel}/{name}")
+                if child is not None and is_overlay_whiteout(child):
+                    gone.add(name)
+                else:
+                    found.add(name)
+            if _opaque(f"{lower}/{rel}"):
+                break
+        return found
+
+
+def _overlay_changes(layer: WritableLayer) -> list[Change]:
+    """docker's changes of a container on overlay, as its graph driver computes them on
+    this kernel (the "naive" diff of the container's tree against its parent's, which
+    docker 20.10's overlay2 uses where the kernel has ``redirect_dir``): a whiteout is a
+    deletion, an entry missing below an addition (a new directory's whole tree too), one
+    that differs from the one below (type, mode, owner, device, size and mtime of
+    non-directories, link target) a modification, an opaque directory deletes the entries
+    below it that it does not hold again, and a directory holding a change is modified.
+    Computed from the upper directory and the lowers, without mounting anything."""
+    upper = str(layer.upper)
+    lowers = _Lowers(layer.lowers)
+    out: list[Change] = []
+    # Frames of directories being walked: rel, entries to visit, where the directory's own
+    # line goes, whether it changed itself.
+    stack: list[tuple[str, Iterator[tuple[str, bool]], int, bool]] = [
+        ("", iter([(n, True) for n in _names(upper, "")]), 0, False)]
+    while stack:
+        rel, entries, at, changed = stack[-1]
+        step = next(entries, None)
+        if step is None:
+            stack.pop()
+            if rel and (changed or len(out) > at):
+                out.insert(at, Change(MODIFY, f"/{rel}"))
+            if rel and stack and (changed or len(out) > at):
+                parent = stack[-1]
+                stack[-1] = (parent[0], parent[1], parent[2], True)
+            continue
+        name, in_upper = step
+        child = f"{rel}/{name}" if rel else name
+        if not in_upper:  # below an opaque directory, not there again: deleted
+            out.append(Change(DELETE, f"/{child}"))
+            continue
+        st = _lstat(f"{upper}/{child}")
+        if st is None:
+            continue
+        old = lowers.find(child)
+        if is_overlay_whiteout(st):
+            if old is not None:
+                out.append(Change(DELETE, f"/{child}"))
+            continue
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if old is None or (is_dir and not stat.S_ISDIR(old[1].st_mode)):
+            out.append(Change(ADD if old is None else MODIFY, f"/{child}"))
+            if is_dir:
+                out.extend(Change(ADD, f"/{sub}") for sub, sub_st in _walk(upper, child)
+                           if not is_overlay_whiteout(sub_st))
+            continue
+        if not is_dir:
+            if _differs(old[0], f"{upper}/{child}", old[1], st):
+                out.append(Change(MODIFY, f"/{child}"))
+            continue
+        names = {n: True for n in _names(upper, child)}
+        if _opaque(f"{upper}/{child}"):
+            for gone in lowers.names(child):
+                names.setdefault(gone, False)
+        own = _differs(old[0], f"{upper}/{child}", old[1], st)
+        stack.append((child, iter(sorted(names.items())), len(out), own))
     return out
 
 
@@ -272,6 +390,8 @@ def changes(layer: WritableLayer) -> list[Change]:
         return _overlay_changes(layer) if layer.overlay else _tree_changes(layer)
     except OSError as exc:
         raise FailedPrecondition(f"cannot read the writable layer: {exc}") from exc
+    except RecursionError as exc:
+        raise FailedPrecondition("the writable layer's directories nest too deeply") from exc
 
 
 def _size_of(top: Path) -> int:
@@ -287,14 +407,11 @@ def _size_of(top: Path) -> int:
 
 
 def size_rw(layer: WritableLayer, found: Sequence[Change] | None = None) -> int:
-    """docker's ``SizeRw``: the bytes of the files in the writable layer.
-
-    Overlay: the apparent sizes of the upper directory's non-directory entries (each inode
-    once).  Native: the same over the added and modified entries (docker's naive diff).
+    """docker's ``SizeRw``: the bytes of the files in the writable layer, as its naive
+    diff counts them (``archive.ChangesSize``): the apparent sizes of the added and modified
+    non-directories (a symlink's target length), each inode once; a whiteout holds none.
     """
     try:
-        if layer.overlay:
-            return _size_of(layer.upper)
         seen: set[int] = set()
         total = 0
         for change in found if found is not None else changes(layer):

@@ -12,13 +12,23 @@ one kernel overlay mount):
 * the container's active snapshot ``ctr-ID`` on the init layer: the writable upper dir.
 
 Per container, ``ROOT/containers/ID/`` holds ``hosts``, ``hostname`` and ``resolv.conf``
-(bind-mounted over the init layer's files) and ``bundle/`` (``config.json`` and ``rootfs``,
-where the snapshot is mounted while the container runs).
+(bind-mounted over the init layer's files), ``bundle/`` (``config.json`` and ``rootfs``,
+where the snapshot is mounted while the container runs) and ``ctr.log`` (the json-file log a
+detached container's supervisor writes).
+
+Lifecycle: a container runs either in the foreground of the strata process that started it
+(``run``, ``start -a``: the caller's stdio, no extra process) or under its own supervisor
+(``run -d``, ``start``: :mod:`strata.runtime.supervisor`).  Either way the record says who
+waits for it (``supervisor_pid``) and which host process is its PID 1 (``pid``, with its
+start time), so that ``ps``, ``stop``, ``kill``, ``wait``, ``exec``, ``logs`` and ``rm -f``
+work from any later strata process, and a container whose supervisor was killed is seen as
+it really is and cleaned up (:meth:`Containers.get`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import json
@@ -29,6 +39,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +53,7 @@ from strata.runtime import builtin, cgroups, network, oci, spec, userns, volumes
 from strata.runtime import exec as execs
 from strata.runtime import pty as ptys
 from strata.runtime.exec import ExecOptions
-from strata.runtime.logs import LogEntry, read_log
+from strata.runtime.logs import LogEntry, LogWriter, pump, read_log
 from strata.runtime.store import ContainerRecord, ContainerStore, State, valid_name
 from strata.snapshots import Kind, Snapshotter, mount_all, unmount
 
@@ -320,7 +331,10 @@ class Containers:
         (cdir / "hosts").write_text(_HOSTS)
         (cdir / "resolv.conf").write_text(_resolv_conf())
         # R3: network options kept for every start; -v/--mount requests checked up front.
-        net = network.NetworkOptions.make(options.network, hostname, options.publish)
+        exposed = (image.config.exposed_ports or ()) if image.config and options.publish_all \
+            else ()
+        net = network.NetworkOptions.make(options.network, hostname, options.publish,
+                                          exposed=exposed)
         network.save_options(cdir, net)
         mount_requests = volumes.requests_of(options.volumes, options.mounts,
                                              (t.partition(":")[0] for t in options.tmpfs))
@@ -350,7 +364,9 @@ class Containers:
             host_network=net.mode == "host",
             netns_path=str(network.netns_path(cdir)) if net.mode == "bridge" else None,
             extra_mounts=extra_mounts)
-        (bundle / "config.json").write_text(json.dumps(document, indent=2))
+        # Compact: json's C encoder (``indent`` falls back to the pure-Python one, several
+        # milliseconds for a spec).
+        (bundle / "config.json").write_text(json.dumps(document, separators=(",", ":")))
 
     @contextlib.contextmanager
     def mounted(self, container_id: str, *, for_runtime: bool = False) -> Iterator[Path]:
@@ -437,9 +453,13 @@ class Containers:
                 console_thread.join(timeout=5)
             if before_exit is not None:
                 before_exit()
-            oom = self._after_exit(record) or any(oom_seen)
+            # (run_with deleted the OCI runtime's state itself.)
+            oom = self._after_exit(record, runtime_state=False) or any(oom_seen)
             with contextlib.suppress(NotFound):
-                self.store.exited(record, code, oom_killed=oom)
+                if record.state == State.RUNNING:
+                    self.store.exited(record, code, oom_killed=oom)
+                else:  # it never ran: docker leaves it "Created", with the exit code
+                    self.store.update(dataclasses.replace(record, exit_code=code))
             if record.auto_remove:
                 with contextlib.suppress(StrataError, OSError):
                     self._destroy(record.id)
@@ -448,15 +468,15 @@ class Containers:
     def _state_root(self, runtime: str) -> Path:
         return self.root.parent / "runtime" / runtime
 
-    def _after_exit(self, record: ContainerRecord) -> bool:
+    def _after_exit(self, record: ContainerRecord, *, runtime_state: bool = True) -> bool:
         """Everything owed to a container whose process is gone (idempotent): the rootfs
-        unmounted, the OCI runtime's state deleted, the cgroup and network torn down.
-        Returns whether the kernel OOM-killed it."""
+        unmounted, the OCI runtime's state deleted (``runtime_state``), the cgroup and
+        network torn down.  Returns whether the kernel OOM-killed it."""
         rootfs = self.root / record.id / "bundle" / "rootfs"
         with contextlib.suppress(StrataError, OSError):
             if _is_mounted(rootfs):
                 unmount(rootfs, detach=True)
-        if record.runtime != "builtin" and shutil.which(record.runtime):
+        if runtime_state and record.runtime != "builtin" and shutil.which(record.runtime):
             subprocess.run([record.runtime, "--root", str(self._state_root(record.runtime)),
                             "delete", "--force", record.id], capture_output=True, check=False)
         oom = False
@@ -488,10 +508,21 @@ class Containers:
         record = self._refresh(self.store.find(ref))
         if record.state == State.RUNNING:
             raise FailedPrecondition(f"container {record.id[:12]} is already running")
-        if not record.tty:
-            return self._execute(record, on_running=on_start)
-        with _terminal(interactive=record.interactive) as console:
-            return self._execute(record, on_running=on_start, on_console=console)
+        # Logged as docker does, unless --rm (nobody could read the log; run --rm stays on
+        # the direct, fastest path).
+        log = LogWriter(Path(record.log_path)) if record.log_path and not record.auto_remove \
+            and _stdio_open() else None
+        try:
+            if not record.tty:
+                if log is None:
+                    return self._execute(record, on_running=on_start)
+                with _logged_stdio(log) as finish:
+                    return self._execute(record, on_running=on_start, before_exit=finish)
+            with _terminal(interactive=record.interactive, log=log) as console:
+                return self._execute(record, on_running=on_start, on_console=console)
+        finally:
+            if log is not None:
+                log.close()
 
     def exec(self, ref: str, options: ExecOptions) -> int:
         """``exec``: run a command in a running container with this process's stdio (``-t``:
@@ -635,10 +666,22 @@ class Containers:
             NotFound: no such container (or it was removed, ``--rm``, before its exit
                 could be read).
         """
-        record = self.get(ref)
+        try:
+            record = self.get(ref)
+        except NotFound:
+            code = self.store.last_exit(ref)  # already removed on exit (--rm)
+            if code is None:
+                raise
+            return code
         while record.state == State.RUNNING:
             time.sleep(_POLL)
-            record = self._refresh(self.store.get(record.id))
+            try:
+                record = self._refresh(self.store.get(record.id))
+            except NotFound:
+                code = self.store.last_exit(record.id)  # removed on exit (--rm)
+                if code is None:
+                    raise
+                return code
         return record.exit_code if record.exit_code is not None else 0
 
     def restart(self, ref: str, *, timeout: float | None = None) -> ContainerRecord:
@@ -781,25 +824,38 @@ def _stale_trash(scratch: Path) -> list[Path]:
     return out
 
 
+#: Background ``rm`` processes of this process not reaped yet.
+_DELETERS: list[int] = []
+
+
 def _delete_later(paths: list[Path]) -> None:
     """Delete ``paths`` (directories moved aside) in a background ``rm`` that outlives this
-    process; here when it cannot be started."""
+    process (``posix_spawn``: no copy of this big process); here when it cannot be started."""
+    for pid in list(_DELETERS):  # reap the finished ones (a long-lived caller, the tests)
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                continue
+        _DELETERS.remove(pid)
     if not paths:
         return
+    null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
     try:
-        subprocess.Popen(["rm", "-rf", "--one-file-system", "--", *map(str, paths)],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+        _DELETERS.append(os.posix_spawn(
+            shutil.which("rm") or "/bin/rm", ["rm", "-rf", "--one-file-system", "--",
+                                              *map(str, paths)],
+            os.environ, file_actions=null, setsid=True))
     except OSError:
         for path in paths:
             shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def _terminal(*, interactive: bool) -> Iterator[Callable[[int], None]]:
+def _terminal(*, interactive: bool, log: LogWriter | None = None
+              ) -> Iterator[Callable[[int], None]]:
     """For a process on a pty, in the foreground: a callback taking the pty's master and
     relaying it to this process's stdout (and from stdin with ``interactive``), the
-    caller's terminal in raw mode and its window size followed, for the duration."""
+    caller's terminal in raw mode and its window size followed, for the duration; what
+    the pty prints is also logged to ``log`` (as stdout)."""
     stdin = 0 if interactive else None
     relays: list[threading.Thread] = []
     with contextlib.ExitStack() as stack:
@@ -810,8 +866,9 @@ def _terminal(*, interactive: bool) -> Iterator[Callable[[int], None]]:
             stack.enter_context(ptys.raw_mode(stdin))
 
         def console(master: int) -> None:
+            tee = None if log is None else functools.partial(log.write, "stdout")
             thread = threading.Thread(target=ptys.relay, args=(master,), kwargs={
-                "stdin": stdin, "stdout": 1, "winch": winch}, daemon=True)
+                "stdin": stdin, "stdout": 1, "winch": winch, "tee": tee}, daemon=True)
             thread.start()
             relays.append(thread)
 
@@ -820,6 +877,57 @@ def _terminal(*, interactive: bool) -> Iterator[Callable[[int], None]]:
         finally:
             for thread in relays:
                 thread.join(timeout=5)
+
+
+def _stdio_open() -> bool:
+    """Whether this process has a stdout and a stderr (they can be relayed)."""
+    if sys.stdout is None or sys.stderr is None:  # started with them closed
+        return False
+    try:
+        os.fstat(1)
+        os.fstat(2)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _logged_stdio(log: LogWriter) -> Iterator[Callable[[], None]]:
+    """For the duration, this process's stdout and stderr (inherited by the container) are
+    pipes whose data goes both to the original stdout/stderr and into ``log``; the callback
+    puts the originals back and drains the pipes (call it once the container exited)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {1: os.dup(1), 2: os.dup(2)}
+    threads = []
+    for fd, stream in ((1, "stdout"), (2, "stderr")):
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        thread = threading.Thread(target=pump, args=(read_end, stream, log), kwargs={
+            "tee": functools.partial(ptys.write_all, saved[fd])}, daemon=True)
+        thread.start()
+        threads.append(thread)
+    restored = False
+
+    def finish() -> None:
+        nonlocal restored
+        if restored:
+            return
+        restored = True
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, original in saved.items():
+            os.dup2(original, fd)
+        for thread in threads:
+            thread.join(timeout=2)  # a daemonized process may keep a pipe: do not wait
+
+    try:
+        yield finish
+    finally:
+        finish()
+        for original in saved.values():
+            os.close(original)
 
 
 def _receive_console(sock: socket.socket, on_console: Callable[[int], None] | None) -> None:

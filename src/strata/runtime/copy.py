@@ -84,7 +84,9 @@ class _InRoot:
 
     def __init__(self, root: ContainerRoot) -> None:
         self.root = root
-        self.res = RootResolver(str(root.path))
+        # /proc/PID/root is a (magic) symlink: "/." makes lstat of the root see the
+        # directory it leads to; paths are only ever joined as strings, never realpath'd.
+        self.res = RootResolver(f"{root.path}/." if root.running else str(root.path))
 
     def host(self, rel: str) -> str:
         return self.res.host(rel)
@@ -110,15 +112,22 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _write_tar(source: str, arcname: str, out: BinaryIO, *, contents_only: bool) -> None:
+def _write_tar(source: str, arcname: str, out: BinaryIO, *, contents_only: bool,
+               skip_below: tuple[str, ...] = ()) -> None:
     """A tar of ``source`` (never following symlinks in it) named ``arcname``; with
-    ``contents_only`` the directory's entries at the top instead."""
+    ``contents_only`` the directory's entries at the top instead.  ``skip_below``: entries of
+    ``source`` whose contents are left out (the kernel filesystems of a running container)."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        if contents_only:
-            for name in sorted(os.listdir(source)):
-                tar.add(f"{source}/{name}", arcname=name, recursive=True)
-        else:
+        if not contents_only and not skip_below:
             tar.add(source, arcname=arcname, recursive=True)
+            return
+        prefix = ""
+        if not contents_only:
+            tar.add(source, arcname=arcname, recursive=False)
+            prefix = f"{arcname}/"
+        for name in sorted(os.listdir(source)):
+            tar.add(f"{source}/{name}", arcname=f"{prefix}{name}",
+                    recursive=name not in skip_below)
 
 
 def _os_error(what: str, exc: OSError) -> StrataError:
@@ -227,6 +236,9 @@ def copy_from_container(root: ContainerRoot, src: str, dest: str | BinaryIO, *,
     resolver = _InRoot(root)
     trailing, dot = _trailing(src)
     rel = resolver.resolve(src, follow=follow_link or trailing)
+    if root.running and rel.split("/")[0] in _KERNEL_FS:
+        raise InvalidArgument(f"{shown or src}: copying from /{rel.split('/')[0]} of a running"
+                              " container is not allowed")
     host_src = resolver.host(rel)
     st = _lstat(host_src)
     if st is None:
@@ -234,18 +246,20 @@ def copy_from_container(root: ContainerRoot, src: str, dest: str | BinaryIO, *,
     is_dir = stat.S_ISDIR(st.st_mode)
     if trailing and not is_dir:
         raise InvalidArgument(f"{shown or src}: not a directory")
-    name = posixpath.basename(rel) or "/"
-    source = _Source(host_src, is_dir, dot and is_dir, name)
+    # The container's / has no name: its contents are copied, as for "/.".
+    source = _Source(host_src, is_dir, (dot or not rel) and is_dir,
+                     posixpath.basename(rel) or ".")
+    skip = _KERNEL_FS if root.running and not rel else ()
     if not isinstance(dest, str):
-        arcname = "." if source.contents else name
+        arcname = "." if source.contents else source.name
         try:
-            _write_tar(host_src, arcname, dest, contents_only=False)
+            _write_tar(host_src, arcname, dest, contents_only=False, skip_below=skip)
         except OSError as exc:
             raise _os_error(f"cannot read {shown or src}", exc) from exc
         return
     dest_trailing, _ = _trailing(dest)
     directory, top, contents = _plan(source, os.path.abspath(dest), dest, dest_trailing)
-    _pipe(lambda out: _write_tar(host_src, top, out, contents_only=contents),
+    _pipe(lambda out: _write_tar(host_src, top, out, contents_only=contents, skip_below=skip),
           lambda stream: _extract(directory, stream, archive=archive))
 
 

@@ -29,7 +29,7 @@ from strata.runtime.spec import MASKED_PATHS, READONLY_PATHS, RunOptions
 from strata.runtime.store import ContainerRecord, State
 
 __all__ = ["CREATE_FILE", "container_config", "container_json", "go_time",
-           "save_create_config"]
+           "load_create_config", "save_create_config"]
 
 #: The per-container file holding ``Config`` and ``HostConfig`` (docker's names).
 CREATE_FILE = "config.v2.json"

@@ -42,6 +42,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -127,9 +128,15 @@ class PortMapping:
     host_port: int = 0
 
     def __str__(self) -> str:
-        """docker's ``ps`` form: ``0.0.0.0:8080->80/tcp``."""
+        """docker's ``ps`` form: ``0.0.0.0:8080->80/tcp``, ``:::8080->80/tcp``."""
         return f"{self.host_ip or '0.0.0.0'}:{self.host_port}->{self.container_port}/" \
                f"{self.protocol}"
+
+    @property
+    def host_address(self) -> str:
+        """docker's ``port`` form of the host side: ``0.0.0.0:8080``, ``[::]:8080``."""
+        ip = self.host_ip or "0.0.0.0"
+        return f"[{ip}]:{self.host_port}" if ":" in ip else f"{ip}:{self.host_port}"
 
     def to_json(self) -> dict[str, Any]:
         """The mapping as JSON data."""
@@ -191,8 +198,6 @@ def parse_publish(spec: str) -> list[PortMapping]:
             ipaddress.ip_address(host_ip)
         except ValueError:
             raise InvalidArgument(f"invalid IP address: {host_ip}") from None
-        if ":" in host_ip:
-            raise NotSupported(f"publishing on IPv6 address {host_ip} is not supported")
     if not container_text:
         raise InvalidArgument(f"no port specified: {spec}<empty>")
     container_ports = _port_range(container_text, "containerPort")
@@ -225,8 +230,16 @@ class NetworkOptions:
                    publish=tuple(PortMapping.from_json(p) for p in data.get("publish") or ()))
 
     @classmethod
-    def make(cls, mode: str, hostname: str, publish: Sequence[str]) -> NetworkOptions:
+    def make(cls, mode: str, hostname: str, publish: Sequence[str], *,
+             exposed: Sequence[str] = ()) -> NetworkOptions:
         """Options from ``--network`` and ``-p`` words.
+
+        Args:
+            mode: ``--network``.
+            hostname: the container's hostname (for ``/etc/hosts``).
+            publish: ``-p`` words.
+            exposed: ``-P``: the image's exposed ports (``80/tcp``), each published on a
+                free host port unless a ``-p`` maps it already.
 
         Raises:
             InvalidArgument: an unknown mode or a bad ``-p``.
@@ -236,6 +249,11 @@ class NetworkOptions:
         ports: list[PortMapping] = []
         for item in publish:
             ports.extend(parse_publish(item))
+        mapped = {(p.container_port, p.protocol) for p in ports}
+        for item in exposed:
+            for p in parse_publish(item):
+                if (p.container_port, p.protocol) not in mapped:
+                    ports.append(p)
         if mode != "bridge":
             ports = []  # docker discards published ports on host and none networks
         return cls(mode=mode, hostname=hostname, publish=tuple(ports))
@@ -407,6 +425,138 @@ def _in_netns(path: Path) -> Iterator[None]:
             os.close(home)
 
 
+_SIOCSIFFLAGS = 0x8914
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFADDR = 0x8916
+_SIOCSIFNETMASK = 0x891C
+_SIOCADDRT = 0x890B
+_IFF_UP = 0x1
+_RTF_UP = 0x1
+_RTF_GATEWAY = 0x2
+
+
+class _SockaddrIn(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_ushort), ("port", ctypes.c_ushort),
+                ("addr", ctypes.c_ubyte * 4), ("zero", ctypes.c_ubyte * 8)]
+
+
+class _RtEntry(ctypes.Structure):
+    """``struct rtentry`` (net/route.h) for ``SIOCADDRT``."""
+
+    _fields_ = [("rt_pad1", ctypes.c_ulong), ("rt_dst", _SockaddrIn),
+                ("rt_gateway", _SockaddrIn), ("rt_genmask", _SockaddrIn),
+                ("rt_flags", ctypes.c_ushort), ("rt_pad2", ctypes.c_short),
+                ("rt_pad3", ctypes.c_ulong), ("rt_pad4", ctypes.c_void_p),
+                ("rt_metric", ctypes.c_short), ("rt_dev", ctypes.c_char_p),
+                ("rt_mtu", ctypes.c_ulong), ("rt_window", ctypes.c_ulong),
+                ("rt_irtt", ctypes.c_ushort)]
+
+
+def _sockaddr(address: ipaddress.IPv4Address) -> _SockaddrIn:
+    return _SockaddrIn(socket.AF_INET, 0, (ctypes.c_ubyte * 4)(*address.packed))
+
+
+def _ifreq_addr(name: str, address: ipaddress.IPv4Address) -> bytes:
+    return struct.pack("16s", name.encode()) + bytes(_sockaddr(address)) + bytes(8)
+
+
+def _configure_inside(iface: str, address: ipaddress.IPv4Interface,
+                      gateway: ipaddress.IPv4Address) -> None:
+    """In the current thread's network namespace: ``lo`` and ``iface`` up, ``address`` on
+    ``iface``, a default route via ``gateway`` (classic ioctls: no process to start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock, _SIOCSIFADDR, _ifreq_addr(iface, address.ip))
+            fcntl.ioctl(sock, _SIOCSIFNETMASK, _ifreq_addr(iface, address.netmask))
+            for name in ("lo", iface):
+                ifreq = struct.pack("16sH14x", name.encode(), 0)
+                flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, ifreq))[1]
+                fcntl.ioctl(sock, _SIOCSIFFLAGS,
+                            struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
+            route = _RtEntry()
+            route.rt_dst = _sockaddr(ipaddress.IPv4Address(0))
+            route.rt_genmask = _sockaddr(ipaddress.IPv4Address(0))
+            route.rt_gateway = _sockaddr(gateway)
+            route.rt_flags = _RTF_UP | _RTF_GATEWAY
+            route.rt_dev = iface.encode()
+            fcntl.ioctl(sock, _SIOCADDRT, bytes(route))
+        except OSError as exc:
+            raise StrataError(f"configure {iface} in the container's network namespace: "
+                              f"{exc.strerror or exc}") from exc
+
+
+_RTM_NEWLINK = 16
+_RTM_DELLINK = 17
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MASTER, _IFLA_LINKINFO = 1, 3, 10, 18
+_IFLA_NET_NS_FD = 28
+_IFLA_INFO_KIND, _IFLA_INFO_DATA, _VETH_INFO_PEER = 1, 2, 1
+_IFINFOMSG = "=BxHiII"
+
+
+def _rtattr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + bytes(-length % 4)
+
+
+def _ifinfo(flags: int = 0, change: int = 0) -> bytes:
+    return struct.pack(_IFINFOMSG, socket.AF_UNSPEC, 0, 0, flags, change)
+
+
+def _rtnetlink(msg_type: int, flags: int, body: bytes) -> None:
+    """One rtnetlink request, acknowledged.
+
+    Raises:
+        OSError: the kernel's answer (errno).
+    """
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as sock:  # NETLINK_ROUTE
+        sock.bind((0, 0))
+        sock.sendall(struct.pack("=IHHII", 16 + len(body), msg_type, flags, 1, 0) + body)
+        while True:
+            data = sock.recv(65536)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
+                if kind == _NLMSG_ERROR and seq == 1:
+                    (error,) = struct.unpack_from("=i", data, offset + 16)
+                    if error:
+                        raise OSError(-error, os.strerror(-error))
+                    return
+                offset += max((length + 3) & ~3, 16)
+
+
+def _del_link(name: str) -> None:
+    """Delete the link ``name`` (a veth: its peer goes too), as ``ip link del NAME``.
+
+    Raises:
+        OSError: the kernel's answer (ENODEV: no such link).
+    """
+    _rtnetlink(_RTM_DELLINK, _NLM_F_REQUEST | _NLM_F_ACK,
+               _ifinfo() + _rtattr(_IFLA_IFNAME, name.encode() + b"\0"))
+
+
+def _add_veth(host: str, peer: str, mac: str, netns: Path) -> None:
+    """The veth pair: ``host`` up on the bridge here, ``peer`` (MAC ``mac``) in ``netns``
+    (one rtnetlink request, as ``ip link add HOST master BR up type veth peer name PEER
+    address MAC netns FILE``, without starting ``ip``)."""
+    master = int(Path(f"/sys/class/net/{BRIDGE}/ifindex").read_text())
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        peer_info = (_ifinfo() + _rtattr(_IFLA_IFNAME, peer.encode() + b"\0")
+                     + _rtattr(_IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+                     + _rtattr(_IFLA_NET_NS_FD, struct.pack("=I", fd)))
+        link_info = (_rtattr(_IFLA_INFO_KIND, b"veth")
+                     + _rtattr(_IFLA_INFO_DATA, _rtattr(_VETH_INFO_PEER, peer_info)))
+        body = (_ifinfo(_IFF_UP, _IFF_UP) + _rtattr(_IFLA_IFNAME, host.encode() + b"\0")
+                + _rtattr(_IFLA_MASTER, struct.pack("=I", master))
+                + _rtattr(_IFLA_LINKINFO, link_info))
+        _rtnetlink(_RTM_NEWLINK, _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_EXCL,
+                   body)
+    finally:
+        os.close(fd)
+
+
 def _new_netns(path: Path) -> None:
     """A new network namespace, kept alive by a bind mount on the file ``path``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
@@ -522,8 +672,12 @@ def _ensure_iptables(subnet: str) -> None:
 
 def _ensure_bridge() -> ipaddress.IPv4Interface:
     """The bridge (created with its address and NAT rules when missing); call locked."""
+    known = _read_pool().get("gateway")
+    if known and os.path.exists(f"/sys/class/net/{BRIDGE}"):
+        return ipaddress.IPv4Interface(str(known))  # what the bridge was given (no exec)
     address = _bridge_address()
     if address is not None:
+        _remember_gateway(address)
         return address
     net = _choose_subnet()
     address = ipaddress.IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
@@ -535,7 +689,17 @@ def _ensure_bridge() -> ipaddress.IPv4Interface:
         if forward.read_text().strip() != "1":
             forward.write_text("1\n")
     _ensure_iptables(str(net))
+    _remember_gateway(address)
     return address
+
+
+def _remember_gateway(address: ipaddress.IPv4Interface) -> None:
+    data = _read_pool()
+    if data.get("gateway") != str(address):
+        if data.get("subnet") != str(address.network):
+            data = {"subnet": str(address.network), "allocations": {}}
+        data["gateway"] = str(address)
+        _write_pool(data)
 
 
 def bridge_subnet() -> ipaddress.IPv4Interface:
@@ -570,8 +734,10 @@ def _write_pool(data: dict[str, Any]) -> None:
     tmp.replace(_pool_file())
 
 
-def _veth_name(container_dir: Path) -> str:
-    return f"veth{container_dir.name[:11]}"
+def _new_veth_name() -> str:
+    """A fresh name for a start's host-side veth (a restarted container's previous veth may
+    still be on its way out)."""
+    return f"veth{secrets.token_hex(5)}"
 
 
 def _reclaim_locked(data: dict[str, Any]) -> list[str]:
@@ -580,9 +746,10 @@ def _reclaim_locked(data: dict[str, Any]) -> list[str]:
     for ip, owner in list(allocations.items()):
         cdir = Path(str(owner.get("dir", "")))
         if not cdir.is_dir():  # the container (or its whole store) was removed
-            veth = _veth_name(cdir)
-            if os.path.exists(f"/sys/class/net/{veth}"):
-                _ip_batch([f"link del {veth}"], check=False)
+            veth = str(owner.get("veth") or "")
+            if veth and os.path.exists(f"/sys/class/net/{veth}"):
+                with contextlib.suppress(OSError):
+                    _del_link(veth)
             del allocations[ip]
             freed.append(ip)
     return freed
@@ -598,34 +765,68 @@ def reclaim() -> list[str]:
         return freed
 
 
-def _allocate(container_dir: Path, gateway: ipaddress.IPv4Interface) -> ipaddress.IPv4Address:
-    """Take the lowest free address of the bridge's subnet for ``container_dir``; call locked."""
+def _allocate(container_dir: Path, gateway: ipaddress.IPv4Interface, veth: str = ""
+              ) -> ipaddress.IPv4Address:
+    """Take the lowest free address of the bridge's subnet for ``container_dir`` (whose
+    host-side veth will be ``veth``); call locked."""
     data = _read_pool()
     if data.get("subnet") != str(gateway.network):
-        data = {"subnet": str(gateway.network), "allocations": {}}
+        data = {"subnet": str(gateway.network), "gateway": str(gateway), "allocations": {}}
     _reclaim_locked(data)
+    _sweep_veths_locked(data, veth)
     allocations: dict[str, Any] = data["allocations"]
     for ip, owner in allocations.items():
         if owner.get("dir") == str(container_dir):
+            owner["veth"] = veth
+            _write_pool(data)
             return ipaddress.IPv4Address(ip)
     for host in gateway.network.hosts():
         if host == gateway.ip or str(host) in allocations:
             continue
-        allocations[str(host)] = {"dir": str(container_dir), "time": time.time()}
+        allocations[str(host)] = {"dir": str(container_dir), "veth": veth,
+                                  "time": time.time()}
         _write_pool(data)
         return host
     raise StrataError(f"no free address left in {gateway.network}")
 
 
-def _release(container_dir: Path) -> None:
+def _release(container_dir: Path, veth: str | None = None) -> None:
+    """Free ``container_dir``'s address; ``veth`` (whose namespace was just dropped) is
+    remembered so that a later allocation deletes it should it outlive its namespace."""
     with _locked():
         data = _read_pool()
         allocations: dict[str, Any] = data.get("allocations") or {}
         mine = [ip for ip, o in allocations.items() if o.get("dir") == str(container_dir)]
         for ip in mine:
             del allocations[ip]
-        if mine:
+        if veth:
+            data.setdefault("released_veths", {})[veth] = time.time()
+        if mine or veth:
             _write_pool(data)
+
+
+#: Seconds after which a released veth still present is deleted by the next allocation.
+_VETH_GRACE = 2.0
+
+
+def _sweep_veths_locked(data: dict[str, Any], keep: str) -> None:
+    """Delete released veths that outlived their namespace.
+
+    The kernel deletes a veth pair when its namespace goes, but a mount namespace made by
+    another process while the container ran holds a copy of the namespace file's mount
+    (this host's ``/`` is not a shared mount) and keeps it alive: such leftovers are
+    deleted here, off the hot path.  ``keep`` is the veth being set up now.
+    """
+    released: dict[str, float] = data.get("released_veths") or {}
+    released.pop(keep, None)
+    now = time.time()
+    for name, when in list(released.items()):
+        if now - float(when) < _VETH_GRACE:
+            continue
+        if os.path.exists(f"/sys/class/net/{name}"):
+            with contextlib.suppress(OSError):
+                _del_link(name)
+        del released[name]
 
 
 # --------------------------------------------------------------------------- setup/teardown
@@ -686,27 +887,30 @@ def _setup_bridge(container_dir: Path, options: NetworkOptions) -> NetworkAttach
     sockets = _bind_ports(options.publish)
     try:
         ns = netns_path(container_dir)
-        veth = _veth_name(container_dir)
+        veth = _new_veth_name()
         # Saved before anything is made: teardown then knows there is something to undo.
         _save_attachment(container_dir, NetworkAttachment(mode="bridge", netns=ns, veth=veth))
         with _locked():
             gateway = _ensure_bridge()
-            ip = _allocate(container_dir, gateway)
+            ip = _allocate(container_dir, gateway, veth)
         attachment = NetworkAttachment(
             mode="bridge", netns=ns, ip_address=str(ip), prefix_len=gateway.network.prefixlen,
             gateway=str(gateway.ip), veth=veth, mac_address=_mac_of(ip),
-            ports=tuple(replace(p, host_port=s.getsockname()[1]) for p, s in sockets))
+            ports=tuple(p for p, _ in sockets))
         _save_attachment(container_dir, attachment)  # teardown knows what to undo from here
         _new_netns(ns)
-        if os.path.exists(f"/sys/class/net/{veth}"):  # left by a crash: its netns is gone
-            _ip_batch([f"link del {veth}"], check=False)
-        _ip_batch([f"link add {veth} type veth peer name eth0 netns {ns}",
-                   f"link set {veth} master {BRIDGE} up"])
+        try:
+            _add_veth(veth, "eth0", attachment.mac_address, ns)
+        except OSError:  # an older kernel refusing part of it: iproute2 does it in steps
+            if os.path.exists(f"/sys/class/net/{veth}"):
+                with contextlib.suppress(OSError):
+                    _del_link(veth)
+            _ip_batch([f"link add {veth} type veth peer name eth0 address "
+                       f"{attachment.mac_address} netns {ns}",
+                       f"link set {veth} master {BRIDGE} up"])
         with _in_netns(ns):
-            _ip_batch([f"link set eth0 address {attachment.mac_address}",
-                       f"addr add {ip}/{attachment.prefix_len} dev eth0",
-                       "link set lo up", "link set eth0 up",
-                       f"route add default via {gateway.ip} dev eth0"])
+            _configure_inside("eth0", ipaddress.IPv4Interface(f"{ip}/{attachment.prefix_len}"),
+                              gateway.ip)
         _write_hosts(container_dir, str(ip), options.hostname)
         if sockets:
             pid = _start_proxy(container_dir, str(ip), sockets)
@@ -718,25 +922,52 @@ def _setup_bridge(container_dir: Path, options: NetworkOptions) -> NetworkAttach
             s.close()
 
 
+def _bind_one(p: PortMapping, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in p.host_ip else socket.AF_INET
+    kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if p.protocol == "tcp":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((p.host_ip or "0.0.0.0", port))
+        if p.protocol == "tcp":
+            s.listen(128)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def _bind_ports(ports: Sequence[PortMapping]) -> list[tuple[PortMapping, socket.socket]]:
+    """Listening sockets for ``ports``, as docker binds them: a mapping on every address
+    (no IP given) listens on ``0.0.0.0`` and, where the host has IPv6, on ``::`` at the
+    same port.
+
+    Raises:
+        AlreadyExists: a port is in use (docker's message).
+    """
     out: list[tuple[PortMapping, socket.socket]] = []
     try:
         for p in ports:
-            kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
-            s = socket.socket(socket.AF_INET, kind)
-            out.append((p, s))
-            if p.protocol == "tcp":
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                s.bind((p.host_ip or "0.0.0.0", p.host_port))
+                s = _bind_one(p, p.host_port)
             except OSError as exc:
+                where = f"[{p.host_ip}]" if ":" in p.host_ip else p.host_ip or "0.0.0.0"
                 raise AlreadyExists(
                     f"driver failed programming external connectivity: Bind for "
-                    f"{p.host_ip or '0.0.0.0'}:{p.host_port} failed: "
+                    f"{where}:{p.host_port} failed: "
                     + ("port is already allocated" if exc.errno == 98 else
                        (exc.strerror or str(exc)).lower())) from exc
-            if p.protocol == "tcp":
-                s.listen(128)
+            bound = replace(p, host_port=s.getsockname()[1])
+            out.append((bound, s))
+            if p.host_ip == "" and socket.has_ipv6:
+                v6 = replace(bound, host_ip="::")
+                try:
+                    out.append((v6, _bind_one(v6, bound.host_port)))
+                except OSError:
+                    pass  # no IPv6 here (or that port taken on it): IPv4 only, as docker
     except BaseException:
         for _, s in out:
             s.close()
@@ -798,11 +1029,19 @@ def teardown(container_dir: Path) -> None:
     if not ((container_dir / _ATTACHMENT_FILE).exists() or netns_path(container_dir).exists()
             or (container_dir / _PROXY_PID_FILE).exists()):
         return  # never attached, or already torn down
+    attached = attachment_of(container_dir)
     _kill_proxy(container_dir)
-    veth = _veth_name(container_dir)
-    if os.path.exists(f"/sys/class/net/{veth}"):
-        _ip_batch([f"link del {veth}"], check=False)
-    _drop_netns(netns_path(container_dir))
-    _release(container_dir)
+    ns = netns_path(container_dir)
+    veth = attached.veth if attached is not None else ""
+    released: str | None = None
+    if ns.exists():
+        # The veth pair goes with the namespace (the kernel deletes it, asynchronously,
+        # once the last process and this mount have left): no deletion to wait for here.
+        _drop_netns(ns)
+        released = veth or None
+    elif veth and os.path.exists(f"/sys/class/net/{veth}"):
+        with contextlib.suppress(OSError):
+            _del_link(veth)
+    _release(container_dir, released)
     (container_dir / _ATTACHMENT_FILE).unlink(missing_ok=True)
 

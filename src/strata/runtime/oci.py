@@ -108,7 +108,7 @@ def run_with(runtime: str, bundle: Path, container_id: str, state_root: Path, *,
     extra: list[str] = []
     if console_socket is not None:
         console = ConsoleSocket(console_socket)
-        extra = ["--console-socket", str(console_socket)]
+        extra = ["--console-socket", str(console.path)]
     try:
         created = subprocess.run(
             [*base, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), *extra,

@@ -146,13 +146,12 @@ async def serve(routes: list[dict[str, Any]]) -> None:
 
     Args:
         routes: ``{"fd", "protocol", "target": [ip, port]}`` items; the fds are bound
-            sockets (TCP ones listening) that this process owns from now on.
+            sockets (IPv4 or IPv6; TCP ones listening) that this process owns from now on.
     """
     tasks = []
     for route in routes:
         proto = str(route["protocol"])
-        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        sock = socket.socket(socket.AF_INET, kind, fileno=int(route["fd"]))
+        sock = socket.socket(fileno=int(route["fd"]))  # family and type from the socket
         sock.setblocking(False)
         target = (str(route["target"][0]), int(route["target"][1]))
         serve_one = _serve_tcp if proto == "tcp" else _serve_udp

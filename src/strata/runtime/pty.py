@@ -38,6 +38,7 @@ __all__ = [
     "set_winsize",
     "setup_console",
     "winch_pipe",
+    "write_all",
 ]
 
 _TIOCSPTLCK = 0x40045431
@@ -153,11 +154,13 @@ def winch_pipe() -> Iterator[int]:
 
 
 def relay(master: int, *, stdin: int | None, stdout: int, winch: int | None = None,
-          done: Callable[[], bool] = lambda: False) -> None:
+          done: Callable[[], bool] = lambda: False,
+          tee: Callable[[bytes], None] | None = None) -> None:
     """Copy ``stdin`` to the pty ``master`` and ``master`` to ``stdout`` until the pty's
     slave side is closed by every process (EIO) or ``done()``; ``stdin`` None: nothing is
     sent.  When ``winch`` (from :func:`winch_pipe`) is readable the caller's window size is
-    copied to the pty again (it is copied once at the start).  Closes ``master``."""
+    copied to the pty again (it is copied once at the start); ``tee`` also gets what the pty
+    prints.  Closes ``master``."""
     term = stdin if stdin is not None and os.isatty(stdin) else (
         stdout if os.isatty(stdout) else None)
     if term is not None:
@@ -187,7 +190,7 @@ def relay(master: int, *, stdin: int | None, stdout: int, winch: int | None = No
                     with contextlib.suppress(OSError):
                         os.write(master, b"\x04")  # EOF for the canonical-mode reader
                 else:
-                    _write_all(master, data)
+                    write_all(master, data)
             if master in ready:
                 try:
                     data = os.read(master, 65536)
@@ -195,12 +198,15 @@ def relay(master: int, *, stdin: int | None, stdout: int, winch: int | None = No
                     break
                 if not data:
                     break
-                _write_all(stdout, data)
+                write_all(stdout, data)
+                if tee is not None:
+                    tee(data)
     finally:
         os.close(master)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (dropped if ``fd`` is closed or broken)."""
     view = memoryview(data)
     while view:
         try:

@@ -6,8 +6,14 @@ mounts docker gives every container (``/proc``, a ``/dev`` tmpfs holding only th
 devices, ``/dev/pts``, ``/dev/shm``, ``/dev/mqueue``, ``/sys`` read-only, and the bind-mounted
 ``/etc/hosts``, ``/etc/hostname``, ``/etc/resolv.conf``), new mnt/pid/uts/ipc/net
 namespaces, docker's default capability set, masked and read-only paths, ``noNewPrivileges``
-and rlimits.  :func:`resolve_user` reads a rootfs's ``/etc/passwd`` and ``/etc/group`` to
-turn ``-u NAME[:GROUP]`` into numbers; nothing else here touches the filesystem.
+and rlimits; and the security and resource parts: ``linux.cgroupsPath`` and
+``linux.resources`` (:mod:`strata.runtime.cgroups`), docker's seccomp policy
+(:mod:`strata.runtime.seccomp`), ``--privileged`` (every capability strata holds, the host's
+devices, no masked paths, no filter), ``--userns auto`` (:mod:`strata.runtime.userns`) and
+docker's default open-files limit.  :func:`resolve_user` reads a rootfs's ``/etc/passwd`` and
+``/etc/group`` to turn ``-u NAME[:GROUP]`` into numbers; besides it, only ``--privileged``
+(the host's ``/dev``), ``--security-opt seccomp=FILE`` and the rlimit and capability
+ceilings of this process are read.
 """
 
 from __future__ import annotations
@@ -124,6 +130,7 @@ class RunOptions:
         publish: ``-p`` words (``[IP:][HOST:]CONTAINER[/PROTO]``).
         volumes: ``-v`` words (``HOST:CONTAINER[:OPTS]``, ``NAME:CONTAINER``, ``CONTAINER``).
         mounts: ``--mount`` words (``type=bind|volume|tmpfs,source=...,target=...``).
+        publish_all: ``-P``: every port the image EXPOSEs published on a free host port.
         memory: ``--memory`` in bytes (None: no limit).
         memory_swap: ``--memory-swap`` in bytes (memory + swap; -1: unlimited swap; None:
             docker's default, twice ``memory``).
@@ -158,6 +165,7 @@ class RunOptions:
     publish: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()
+    publish_all: bool = False
     memory: int | None = None
     memory_swap: int | None = None
     cpus: float | None = None
@@ -388,18 +396,23 @@ def generate(config: ContainerConfig | None, options: RunOptions, *, user: User,
         # sysfs can only be mounted by the owner of the network namespace, which is not the
         # container's user namespace here: the host's /sys is bound read-only (as runc does).
         mounts[3] = _mount("/sys", "bind", "/sys", ["rbind", "nosuid", "noexec", "nodev", "ro"])
-    for dest in sorted(etc_files):
-        mounts.append(_mount(dest, "bind", str(etc_files[dest]), ["rbind", "rprivate"]))
+    # The container's own mounts, as docker orders them: /etc/hosts & co., --tmpfs, -v and
+    # --mount together, parents before children (so -v X:/etc does not hide /etc/hosts); a
+    # user mount on one of the /etc files replaces strata's.
+    user_mounts: list[dict[str, Any]] = []
     for item in options.tmpfs:
         dest, _, extra = item.partition(":")
         if not dest.startswith("/") or dest == "/":
             raise InvalidArgument(f"invalid mount path for --tmpfs: '{dest}' (it must be an "
                                   "absolute path other than /)")
         opts = ["noexec", "nosuid", "nodev"] + [o for o in extra.split(",") if o]
-        mounts.append(_mount(dest, "tmpfs", "tmpfs", opts))
-    for m in sorted(extra_mounts, key=lambda m: len(str(m["destination"]).rstrip("/")
-                                                     .split("/"))):
-        mounts.append(dict(m))
+        user_mounts.append(_mount(dest, "tmpfs", "tmpfs", opts))
+    user_mounts.extend(dict(m) for m in extra_mounts)
+    taken = {os.path.normpath(str(m["destination"])) for m in user_mounts}
+    own = [_mount(dest, "bind", str(etc_files[dest]), ["rbind", "rprivate"])
+           for dest in sorted(etc_files) if dest not in taken]
+    mounts.extend(sorted(own + user_mounts, key=lambda m: len(
+        os.path.normpath(str(m["destination"])).split("/"))))
     namespaces: list[dict[str, str]] = []
     for ns in NAMESPACES:
         if ns != "network":

@@ -118,7 +118,11 @@ _MIGRATIONS: tuple[tuple[tuple[str, str], ...], ...] = (
      ("tty", "INTEGER NOT NULL DEFAULT 0"),
      ("interactive", "INTEGER NOT NULL DEFAULT 0"),
      ("stop_signal", "TEXT NOT NULL DEFAULT ''")),
+    (),  # version 3: the ``exits`` table (see :meth:`ContainerStore.last_exit`)
 )
+
+#: How long the exit code of a removed container is kept (``wait`` on an ``--rm`` one).
+EXIT_MEMORY = 600.0
 _VERSION = 1 + len(_MIGRATIONS)
 
 #: The columns :meth:`ContainerStore.update` writes (what changes over a container's life).
@@ -149,6 +153,8 @@ class ContainerStore:
                 " created REAL NOT NULL, state TEXT NOT NULL, exit_code INTEGER,"
                 " started REAL, finished REAL, pid INTEGER NOT NULL DEFAULT 0,"
                 " auto_remove INTEGER NOT NULL DEFAULT 0)")
+            db.execute("CREATE TABLE IF NOT EXISTS exits (id TEXT PRIMARY KEY, name TEXT,"
+                       " exit_code INTEGER NOT NULL, finished REAL NOT NULL)")
             have = {str(row[1]) for row in db.execute("PRAGMA table_info(containers)")}
             for columns in _MIGRATIONS:
                 for name, definition in columns:
@@ -271,9 +277,31 @@ class ContainerStore:
         return new
 
     def delete(self, container_id: str) -> None:
-        """Forget a container (no error if it is already gone)."""
+        """Forget a container (no error if it is already gone); the exit code of an exited
+        one is kept a while for :meth:`last_exit`."""
+        now = time.time()
         with self._session() as db, db:
+            db.execute("DELETE FROM exits WHERE finished < ?", (now - EXIT_MEMORY,))
+            db.execute("INSERT OR REPLACE INTO exits (id, name, exit_code, finished)"
+                       " SELECT id, name, exit_code, ? FROM containers"
+                       " WHERE id=? AND state=? AND exit_code IS NOT NULL",
+                       (now, container_id, State.EXITED))
             db.execute("DELETE FROM containers WHERE id=?", (container_id,))
+
+    def last_exit(self, ref: str) -> int | None:
+        """The exit code of the container ``ref`` (full ID, name or unique ID prefix) removed
+        in the last :data:`EXIT_MEMORY` seconds (``--rm``), or None."""
+        ref = ref.removeprefix("/")
+        with self._session() as db:
+            rows = db.execute(
+                "SELECT id, name, exit_code FROM exits WHERE finished >= ? ORDER BY finished"
+                " DESC", (time.time() - EXIT_MEMORY,)).fetchall()
+        for match in (lambda r: r[0] == ref, lambda r: r[1] == ref,
+                      lambda r: bool(ref) and str(r[0]).startswith(ref)):
+            found = [r for r in rows if match(r)]
+            if found:  # the newest
+                return int(found[0][2])
+        return None
 
     def walk(self) -> Iterator[ContainerRecord]:
         """Every container, newest first."""

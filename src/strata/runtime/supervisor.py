@@ -61,6 +61,7 @@ def spawn(containers: Containers, container_id: str) -> int:
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
+            os.chdir("/")  # hold no directory of the caller's busy
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
@@ -75,7 +76,7 @@ def spawn(containers: Containers, container_id: str) -> int:
     os.close(write_fd)
     os.waitpid(child, 0)
     # One JSON line; the container's runtime child may hold the pipe open after it (a fork).
-    chunks = []
+    chunks: list[bytes] = []
     while not chunks or not chunks[-1].endswith(b"\n"):
         try:
             chunk = os.read(read_fd, 65536)
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with contextlib.suppress(OSError):
             os.write(args.report_fd, json.dumps(
                 {"kind": "error", "message": traceback.format_exc(limit=5)}).encode() + b"\n")
-        with contextlib.suppress(OSError), open(args.containers / f"{args.id}.supervisor.err",
+        with contextlib.suppress(OSError), open(args.containers / args.id / "supervisor.err",
                                                  "a") as err:
             err.write(traceback.format_exc())
     os._exit(code & 0xFF)

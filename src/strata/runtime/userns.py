@@ -194,6 +194,21 @@ def check_reachable(path: Path, uid: int, gid: int) -> None:
                 "searchable path")
 
 
+#: The container's own files bound over the image's (``ROOT/containers/ID/NAME``).
+_ETC_FILES = ("hosts", "hostname", "resolv.conf")
+
+
+def _own_etc_files(container_dir: Path, uid: int, gid: int) -> None:
+    """Give the container's ``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf`` (bound
+    from its directory) to its root, who may edit them as without a user namespace (docker
+    does the same under ``--userns-remap``).  Links are never followed."""
+    for name in _ETC_FILES:
+        path = container_dir / name
+        with contextlib.suppress(OSError):
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.chown(path, uid, gid, follow_symlinks=False)
+
+
 def _idmapped(source: str, userns_fd: int, target: Path) -> None:
     fd = int(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, source.encode(),
                            _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC))
@@ -254,15 +269,18 @@ def _mount_as(uid: int, gid: int, source: str, target: Path, fstype: str, flags:
 def mount_rootfs(mounts: Sequence[Any], target: Path, scratch: Path,
                  uid_mappings: Sequence[Mapping[str, Any]],
                  gid_mappings: Sequence[Mapping[str, Any]]) -> list[Path]:
-    """Mount a snapshotter's ``mounts`` (:class:`strata.snapshots.Mount`) on ``target`` so
-    that the container's root owns what uid 0 owns on disk; idmapped layer mounts are
-    attached under ``scratch``.  Returns the layer mount points (for :func:`unmount_rootfs`).
+    """Mount a snapshotter's ``mounts`` (:class:`strata.snapshots.Mount`) on ``target``
+    (``ROOT/containers/ID/bundle/rootfs``) so that the container's root owns what uid 0
+    owns on disk; idmapped layer mounts are attached under ``scratch``.  The container's
+    ``hosts``, ``hostname`` and ``resolv.conf`` are given to its root too.  Returns the
+    layer mount points (for :func:`unmount_rootfs`).
 
     Raises:
         NotSupported: no user namespaces or idmapped mounts here.
         StrataError: a mount failed.
     """
     check_reachable(target, _host_root(uid_mappings), _host_root(gid_mappings))
+    _own_etc_files(target.parent.parent, _host_root(uid_mappings), _host_root(gid_mappings))
     nsfd = _userns_fd(uid_mappings, gid_mappings)
     layers: list[Path] = []
     try:

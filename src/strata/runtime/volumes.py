@@ -44,6 +44,7 @@ __all__ = [
     "VolumeInfo",
     "Volumes",
     "container_volumes",
+    "inspect_mounts",
     "parse_mount",
     "parse_volume",
     "prepare",
@@ -483,6 +484,7 @@ def prepare(container_dir: Path, requests: Sequence[MountRequest], volumes: Volu
             covered.add(normal)
     out: list[dict[str, Any]] = []
     used: list[dict[str, Any]] = []
+    shown: list[dict[str, Any]] = []  # docker's inspect "Mounts"
     try:
         for r in all_requests:
             if r.type == "tmpfs":
@@ -491,6 +493,8 @@ def prepare(container_dir: Path, requests: Sequence[MountRequest], volumes: Volu
                     opts.append("ro")
                 out.append({"destination": r.target, "type": "tmpfs", "source": "tmpfs",
                             "options": opts})
+                shown.append({"Type": "tmpfs", "Source": "", "Destination": r.target,
+                              "Mode": "", "RW": not r.read_only, "Propagation": ""})
                 continue
             if r.type == "bind":
                 source = Path(r.source)
@@ -507,7 +511,7 @@ def prepare(container_dir: Path, requests: Sequence[MountRequest], volumes: Volu
             else:
                 info, created = volumes.create(r.source or None)
                 used.append({"name": info.name, "anonymous": info.anonymous})
-                _write_used(container_dir, used, remove_anonymous)
+                _write_used(container_dir, used, remove_anonymous, shown)
                 if created and not r.nocopy and rootfs is not None:
                     seed(info.mountpoint, rootfs, r.target)
                 source = info.mountpoint
@@ -516,16 +520,36 @@ def prepare(container_dir: Path, requests: Sequence[MountRequest], volumes: Volu
                 opts.append("ro")
             out.append({"destination": r.target, "type": "bind", "source": str(source),
                         "options": opts})
+            if r.type == "bind":
+                shown.append({"Type": "bind", "Source": str(source), "Destination": r.target,
+                              "Mode": "", "RW": not r.read_only,
+                              "Propagation": r.propagation})
+            else:
+                shown.append({"Type": "volume", "Name": used[-1]["name"],
+                              "Source": str(source), "Destination": r.target,
+                              "Driver": "local", "Mode": "", "RW": not r.read_only,
+                              "Propagation": ""})
     finally:
-        _write_used(container_dir, used, remove_anonymous)
+        _write_used(container_dir, used, remove_anonymous, shown)
     return out
 
 
-def _write_used(container_dir: Path, used: list[dict[str, Any]], remove_anonymous: bool
-                ) -> None:
+def _write_used(container_dir: Path, used: list[dict[str, Any]], remove_anonymous: bool,
+                shown: list[dict[str, Any]]) -> None:
     tmp = container_dir / f"{_MOUNTS_FILE}.tmp"
-    tmp.write_text(json.dumps({"volumes": used, "remove_anonymous": remove_anonymous}))
+    tmp.write_text(json.dumps({"volumes": used, "remove_anonymous": remove_anonymous,
+                               "mounts": shown}))
     tmp.replace(container_dir / _MOUNTS_FILE)
+
+
+def inspect_mounts(container_dir: Path) -> list[dict[str, Any]]:
+    """docker's ``inspect`` ``Mounts`` list of a container (its ``-v``/``--mount``/image
+    volumes; empty when it has none)."""
+    try:
+        data = json.loads((container_dir / _MOUNTS_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return []
+    return list(data.get("mounts") or ())
 
 
 def release(container_dir: Path, volumes: Volumes) -> list[str]:
