@@ -185,11 +185,6 @@ def _contenders(work: Path, layout: Path, args: argparse.Namespace
                 continue
             out[raw] = raw_runtime(raw)
 
-        def remove_detached() -> None:
-            for d in detached:
-                d.remove()
-
-        stack.callback(remove_detached)
         if args.exec:
             for name, flags in (("strata", none), ("strata-runc", [*none, "--runtime", "runc"])):
                 d = _Detached(strata, flags, env)
@@ -227,6 +222,13 @@ def _contenders(work: Path, layout: Path, args: argparse.Namespace
                 detached.append(d)
                 out["docker run -d"] = d.run_d
                 out["docker exec"] = d.exec
+
+        def remove_detached() -> None:
+            for d in detached:
+                d.remove()
+
+        # Registered last, run first: the containers go while their engines still run.
+        stack.callback(remove_detached)
         python = [sys.executable, "-c", "pass"]
         out["python"] = lambda: _timed(python, env)
         try:

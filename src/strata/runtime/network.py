@@ -16,8 +16,9 @@
 * ``-p``: published ports are served by a userland proxy (:mod:`strata.runtime.portproxy`),
   one process per container whose listening sockets strata binds itself before the container
   starts (so a port in use fails the start with docker's message and ``-p 80`` learns its
-  random host port at once); its pid is kept in the container directory and it is killed at
-  teardown.
+  random host port at once); a mapping without an address listens on ``0.0.0.0`` and, where
+  the host has IPv6, on ``::`` (as docker's ``0.0.0.0:8080->80/tcp, :::8080->80/tcp``).  Its
+  pid is kept in the container directory and it is killed at teardown.
 
 The address pool belongs to the bridge, which is a host resource shared by every strata store
 root on the machine: it is kept in ``/run/strata/network`` (a JSON file under an ``flock``),
@@ -25,10 +26,16 @@ which lives exactly as long as the bridge (both vanish at reboot).  Each allocat
 container directory it belongs to; allocations whose directory is gone (a store removed, a
 strata killed with -9 and the container removed since) are reclaimed at the next allocation.
 
-The kernel is driven with iproute2's ``ip`` and ``iptables`` (Debian's, present on every host
-that runs containers): two short ``ip -batch`` runs per container (host side, then inside the
-namespace) and none for the namespace itself, which is made in-process with ``unshare`` and
-``setns``.  pyroute2 would avoid the two execs but costs more to import than they take.
+Per container start no process is started: the namespace is made in-process (``unshare``
++ bind mount + ``setns`` back), the veth pair in one rtnetlink request (host end up on the
+bridge, ``eth0`` with docker's MAC ``02:42:<ip>`` created inside), and ``eth0``'s address,
+``lo`` and the default route with the classic ioctls from inside the namespace (about 5 ms
+in all).  Teardown only unmounts the namespace file (the kernel deletes the veth pair with
+it, asynchronously); a veth that outlives it (another mount namespace holding a copy of the
+mount) is deleted by a later allocation.  iproute2's ``ip`` and ``iptables`` (Debian's) are
+used once, to create the bridge and its rules, and as a fallback for kernels refusing the
+one-request veth.  pyroute2 would do the same netlink work but costs more to import than
+all of this takes.
 
 What it must not do: touch the container's rootfs (the runtime mounts it) or its records.
 """

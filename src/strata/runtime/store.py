@@ -181,7 +181,11 @@ class ContainerStore:
     def _session(self) -> Iterator[sqlite3.Connection]:
         """This process's (and thread's) connection, kept open between calls: opening and
         closing one per call (a WAL checkpoint on every close) cost ``run`` milliseconds.
-        A forked child (the supervisor) opens its own."""
+
+        A forked child never reuses its parent's connection, but it must exec before it
+        uses the store at all (SQLite's locks do not survive fork: a connection opened in a
+        forked child of a process holding one fails with "locking protocol"); the
+        supervisor runs in a new interpreter for that reason."""
         key = (os.getpid(), threading.get_ident())
         db = self._dbs.get(key)
         if db is None:
