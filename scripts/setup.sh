@@ -4,7 +4,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PACKAGES="skopeo umoci buildah podman runc docker.io docker-registry debootstrap busybox-static fuse3 uidmap attr libcap2-bin zstd curl python3-venv"
+PACKAGES="skopeo umoci buildah podman runc docker.io docker-registry debootstrap busybox-static fuse3 uidmap attr libcap2-bin zstd curl python3-venv libseccomp2 iproute2 iptables"
 missing=""
 for pkg in $PACKAGES; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

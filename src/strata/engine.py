@@ -22,13 +22,14 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from strata import content as content_pkg
 from strata import images as images_pkg
+from strata._deferred import deferred_module
 from strata.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -37,18 +38,7 @@ from strata.errors import (
     NotFound,
     StrataError,
 )
-from strata.images import (
-    DiskUsage,
-    ImageFacts,
-    ImageRecord,
-    ImageStore,
-    ImageSummary,
-    ImportOptions,
-    LocalImage,
-    SaveFormat,
-    SaveItem,
-)
-from strata.layers import ApplyOptions
+from strata.images import ImageFacts, ImageRecord, ImageStore, LocalImage
 from strata.oci import (
     ContainerConfig,
     Digest,
@@ -57,14 +47,35 @@ from strata.oci import (
     Manifest,
     Platform,
     Reference,
+    chain_ids,
     mediatypes,
     parse_any,
 )
 from strata.oci._json import JSONObject
 from strata.progress import Progress, no_progress
-from strata.registry import client as regclient
-from strata.runtime import ContainerRecord, Containers, ContainerStore, ImageForRun, RunOptions
-from strata.snapshots import Snapshotter, open_snapshotter
+from strata.runtime import (
+    ContainerRecord,
+    Containers,
+    ContainerStore,
+    ExecOptions,
+    ImageForRun,
+    LogEntry,
+    RunOptions,
+    parse_signal,
+)
+from strata.runtime import network as runtime_network
+from strata.runtime import volumes as runtime_volumes
+from strata.snapshots import Kind, Snapshotter, open_snapshotter
+
+if TYPE_CHECKING:
+    from strata.images import DiskUsage, ImageSummary
+    from strata.registry import client as regclient
+    from strata.runtime import changes as runtime_changes_t
+    from strata.runtime import copy as runtime_copy_t
+    from strata.runtime import top as runtime_top_t
+else:
+    # Imported on first use: ``run``, ``ps``, ``rm`` never need the registry client.
+    regclient = deferred_module("strata.registry.client")
 
 __all__ = [
     "Engine",
@@ -352,10 +363,49 @@ class Engine:
                 targets = all_records
             else:
                 targets = resolved.records
+            users = self._image_users(image.id)
+            if users and self._untag_only(name, image, resolved.by_id, targets, all_records,
+                                          users, force=force, events=events):
+                continue
             events.extend(self._drop(image.id, targets, all_records, ("Untagged", "Deleted")))
         if events:
             self.collect_garbage()
         return events
+
+    def _untag_only(self, name: str, image: LocalImage, by_id: bool,
+                    targets: Sequence[ImageRecord], group: Sequence[ImageRecord],
+                    users: Sequence[ContainerRecord], *, force: bool,
+                    events: list[RemoveEvent]) -> bool:
+        """docker's conflicts for an image containers use: by ID, refused while one runs
+        (even forced) and, unforced, while a stopped one exists; by its last name, refused
+        unforced, and forced only untagged (the image stays, dangling, for its containers).
+        True when the untagging was done here."""
+        running = [u for u in users if self._live_pid(u) is not None]
+        if by_id:
+            if running:
+                raise FailedPrecondition(
+                    f"conflict: unable to delete {image.id.short()} (cannot be forced) - image"
+                    f" is being used by running container {running[0].id[:12]}")
+            if not force:
+                raise FailedPrecondition(
+                    f"conflict: unable to delete {image.id.short()} (must be forced) - image"
+                    f" is being used by stopped container {users[0].id[:12]}")
+            return False
+        dropped = {r.name for r in targets}
+        if any(r.name not in dropped and not r.dangling for r in group):
+            return False  # other names remain: a plain untag
+        if not force:
+            raise FailedPrecondition(
+                f'conflict: unable to remove repository reference "{name}" (must force) -'
+                f" container {users[0].id[:12]} is using its referenced image"
+                f" {image.id.short()}")
+        for record in targets:
+            self.images.delete(record.name)
+            if not record.dangling and record.reference is not None:
+                events.append(RemoveEvent("Untagged", record.reference.familiar()))
+        self.images.put(ImageRecord(ImageRecord.dangling_name(image.target.digest),
+                                    image.target))
+        return True
 
     def _records_by_id(self) -> dict[Digest, list[ImageRecord]]:
         """Every record, grouped by the image ID its manifest names."""
@@ -385,6 +435,8 @@ class Engine:
         before = sum(b.size for b in self.content.walk())
         for image_id, group in self._records_by_id().items():
             chosen = group if all_images else [r for r in group if r.dangling]
+            if chosen and self._image_users(image_id):
+                continue  # docker keeps images containers use
             if chosen:
                 events.extend(self._drop(image_id, chosen, group, ("untagged", "deleted")))
         self.collect_garbage()
@@ -423,7 +475,7 @@ class Engine:
                                progress=progress)
 
     def save(self, names: Sequence[str], output: Path | None, *,
-             format: str = SaveFormat.DOCKER_ARCHIVE) -> None:
+             format: str = "docker-archive") -> None:  # images.SaveFormat.DOCKER_ARCHIVE
         """``save``: ``docker-archive`` (default, as docker), ``oci-archive``, or ``oci`` (a dir).
 
         With ``output`` None the archive goes to stdout.
@@ -431,10 +483,10 @@ class Engine:
         Raises:
             InvalidArgument: unknown format, or ``oci`` without an output directory.
         """
-        if format not in SaveFormat.ALL:
+        if format not in images_pkg.SaveFormat.ALL:
             raise InvalidArgument(f"unknown save format {format!r} (use one of"
-                                  f" {', '.join(SaveFormat.ALL)})")
-        items: list[SaveItem] = []
+                                  f" {', '.join(images_pkg.SaveFormat.ALL)})")
+        items: list[images_pkg.SaveItem] = []
         for name in names:
             resolved = self.resolve(name)
             chosen: list[Reference] = []
@@ -445,14 +497,14 @@ class Engine:
             if not chosen:
                 chosen = [r.reference for r in resolved.records
                           if r.reference is not None and r.reference.tag]
-            items.append(SaveItem(resolved.image, tuple(chosen)))
-        if format == SaveFormat.OCI_DIR:
+            items.append(images_pkg.SaveItem(resolved.image, tuple(chosen)))
+        if format == images_pkg.SaveFormat.OCI_DIR:
             if output is None:
                 raise InvalidArgument("--format oci writes a directory: give it with -o")
             images_pkg.write_oci_dir(self.content, items, output)
             return
         with self._output(output) as out:
-            if format == SaveFormat.OCI_ARCHIVE:
+            if format == images_pkg.SaveFormat.OCI_ARCHIVE:
                 images_pkg.write_oci_archive(self.content, items, out)
             else:
                 images_pkg.write_docker_archive(self.content, self.images, items, out,
@@ -482,7 +534,8 @@ class Engine:
         config = _apply_changes(ContainerConfig(), changes) if changes else None
         return images_pkg.import_rootfs(
             self.content, self.images, source,
-            ImportOptions(reference=ref, message=message, config=config, platform=platform),
+            images_pkg.ImportOptions(reference=ref, message=message, config=config,
+                                     platform=platform),
         )
 
     def unpack(self, name: str, dest: Path) -> list[Digest]:
@@ -493,10 +546,12 @@ class Engine:
         """
         if dest.exists() and any(dest.iterdir()):
             raise AlreadyExists(f"unpack target {dest} exists and is not empty")
+        from strata import layers as layers_pkg  # the layer code, for this command only
+
         resolved = self.resolve(name)
         created = not dest.exists()
         try:
-            stats = images_pkg.unpack(resolved.image, dest, options=ApplyOptions())
+            stats = images_pkg.unpack(resolved.image, dest, options=layers_pkg.ApplyOptions())
         except BaseException:
             if created:
                 shutil.rmtree(dest, ignore_errors=True)
@@ -543,12 +598,43 @@ class Engine:
             AlreadyExists: the name is in use.
         """
         resolved = self.resolve(image)
-        chain = self.unpack_snapshots(image)
         config = resolved.image.config()
-        return self.containers.create(
+        chain = self._committed_top(config)
+        if chain is None and config.rootfs.diff_ids:
+            chain = self.unpack_snapshots(image)
+        record = self.containers.create(
             ImageForRun(name=image, id=str(resolved.image.id),
                         top_chain=str(chain) if chain is not None else None,
                         config=config.config), options)
+        self._save_create_config(record, config.config, options)
+        return record
+
+    def _save_create_config(self, record: ContainerRecord, image_config: ContainerConfig | None,
+                            options: RunOptions) -> None:
+        """Keep the container's docker ``Config`` / ``HostConfig`` for ``inspect`` and
+        ``commit`` (R4); a failure removes the container, as any failed create."""
+        from strata.runtime.inspect import save_create_config
+
+        try:
+            save_create_config(self.containers.root / record.id, image_config, options,
+                               hostname=options.hostname or record.id[:12],
+                               image_name=record.image, runtime_name=record.runtime)
+        except OSError as exc:
+            with contextlib.suppress(StrataError):
+                self.containers.remove(record.id, force=True)
+            raise FailedPrecondition(f"cannot write the container's config: {exc}") from exc
+
+    def _committed_top(self, config: ImageConfig) -> Digest | None:
+        """The image's top chainID if its snapshot is committed already (the usual case for
+        ``run``: no need to load the layer extraction code), else None."""
+        chains = chain_ids(config.rootfs.diff_ids)
+        if not chains:
+            return None
+        try:
+            info = self.snapshotter.stat(str(chains[-1]))
+        except NotFound:
+            return None
+        return chains[-1] if info.kind is Kind.COMMITTED else None
 
     def container_start(self, ref: str) -> int:
         """Run a container in the foreground with this process's stdio; its exit code.
@@ -571,10 +657,327 @@ class Engine:
         records = self.containers.reconcile()
         return records if all_containers else [r for r in records if r.state == "running"]
 
-    def container_remove(self, refs: Sequence[str], *, force: bool = False
-                         ) -> list[ContainerRecord]:
-        """``rm [-f]``: remove containers (their snapshots, files and records)."""
-        return [self.containers.remove(ref, force=force) for ref in refs]
+    def container_remove(self, refs: Sequence[str], *, force: bool = False,
+                         volumes: bool = False) -> list[ContainerRecord]:
+        """``rm [-f] [-v]``: remove containers (their snapshots, files and records);
+        ``volumes``: their anonymous volumes too (named ones stay, as docker's)."""
+        if not volumes:
+            return [self.containers.remove(ref, force=force) for ref in refs]
+        removed = []
+        for ref in refs:
+            record = self.containers.store.find(ref)
+            names = runtime_volumes.container_volumes(self.containers.root / record.id)
+            removed.append(self.containers.remove(record.id, force=force))
+            for name in names:
+                with contextlib.suppress(NotFound, FailedPrecondition):
+                    if self.containers.volume_store.get(name).anonymous:
+                        self.containers.volume_store.remove(name)
+        return removed
+
+    def container_run_detached(self, image: str, options: RunOptions) -> ContainerRecord:
+        """``run -d``: create a container of ``image`` and start it under its supervisor;
+        the record once its process runs.
+
+        Raises:
+            CommandNotFound, CannotExecute, StrataError: as :meth:`run`.
+        """
+        record = self.container_create(image, options)
+        return self.containers.start_detached(record.id)
+
+    def container_start_detached(self, ref: str) -> ContainerRecord:
+        """``start``: start a container under its supervisor (a running one is left alone).
+
+        Raises:
+            NotFound: no such container.
+            CommandNotFound, CannotExecute, StrataError: it could not start.
+        """
+        return self.containers.start_detached(ref)
+
+    def container_stop(self, ref: str, *, timeout: float | None = None) -> ContainerRecord:
+        """``stop [-t N]``: StopSignal (SIGTERM), ``timeout`` seconds (10), then SIGKILL."""
+        return self.containers.stop(ref, timeout=timeout)
+
+    def container_kill(self, ref: str, *, signal: str = "KILL") -> ContainerRecord:
+        """``kill [-s SIG]``: send a signal (docker's names or numbers) to the container.
+
+        Raises:
+            NotFound: no such container.
+            InvalidArgument: an unknown signal.
+            FailedPrecondition: it is not running.
+        """
+        return self.containers.kill(ref, signum=parse_signal(signal))
+
+    def container_wait(self, ref: str) -> int:
+        """``wait``: block until the container stops; its exit code."""
+        return self.containers.wait(ref)
+
+    def container_restart(self, ref: str, *, timeout: float | None = None) -> ContainerRecord:
+        """``restart [-t N]``: stop then start detached."""
+        return self.containers.restart(ref, timeout=timeout)
+
+    def container_logs(self, ref: str, *, follow: bool = False, tail: int | None = None
+                       ) -> Iterator[LogEntry]:
+        """``logs [-f] [--tail N]``: the container's log records, oldest first."""
+        return self.containers.logs(ref, follow=follow, tail=tail)
+
+    def container_exec(self, ref: str, options: ExecOptions) -> int:
+        """``exec``: run a command in a running container; its exit code."""
+        return self.containers.exec(ref, options)
+
+    # -- container filesystem: inspect, diff, commit, cp, top, prune (strata.runtime) -------
+    def _live_pid(self, record: ContainerRecord) -> int | None:
+        from strata.runtime.top import live_pid
+
+        return live_pid(record.state, record.pid, getattr(record, "pid_start", 0))
+
+    def container_inspect(self, ref: str, *, size: bool = False) -> JSONObject:
+        """``inspect CONTAINER`` (``-s``: with SizeRw and SizeRootFs), in docker's shape.
+
+        Raises:
+            NotFound: no such container.
+        """
+        from strata.runtime import changes as rt_changes
+        from strata.runtime import inspect as rt_inspect
+
+        record = self.containers.store.find(ref)
+        cdir = self.containers.root / record.id
+        layer = rt_changes.writable_layer(self.snapshotter, record.id)
+        if layer.overlay:
+            graph = {"LowerDir": ":".join(str(p) for p in layer.lowers),
+                     "MergedDir": str(cdir / "bundle" / "rootfs"),
+                     "UpperDir": str(layer.upper), "WorkDir": str(layer.upper.parent / "work")}
+        else:
+            graph = {"Dir": str(layer.upper), "MergedDir": str(cdir / "bundle" / "rootfs")}
+        sizes = None
+        if size:
+            rw = rt_changes.size_rw(layer)
+            image_size = None
+            with contextlib.suppress(StrataError, StopIteration):
+                image_size = next(s.size for s in self.disk_usage().images
+                                  if str(s.id) == record.image_id)
+            if image_size is None:
+                image_size = rt_changes.image_layers_size(layer)
+            sizes = (rw, image_size + rw)
+        return rt_inspect.container_json(record, cdir, driver=self.snapshotter.driver,
+                                         graph_data=graph, sizes=sizes)
+
+    def inspect_any(self, name: str, *, kind: str | None = None, size: bool = False
+                    ) -> JSONObject:
+        """``inspect NAME``: a container if one is called so, else an image (docker tries
+        both); ``kind`` (``container`` or ``image``) restricts the lookup.
+
+        Raises:
+            NotFound: ``No such object: NAME`` (or ``No such container``/``image``).
+            InvalidArgument: an unknown ``kind``.
+        """
+        if kind not in (None, "container", "image"):
+            raise InvalidArgument(f'"{kind}" is not a valid value for --type')
+        if kind == "container" or (kind is None and (self.root / "containers.db").exists()):
+            try:
+                return self.container_inspect(name, size=size)
+            except NotFound:
+                if kind == "container":
+                    raise
+        try:
+            return self.inspect(name).to_json()
+        except NotFound:
+            if kind == "image":
+                raise
+            raise NotFound(f"No such object: {name}") from None
+
+    def container_diff(self, ref: str) -> list[runtime_changes_t.Change]:
+        """``diff CONTAINER``: the changes of its writable layer (A / C / D), docker's order.
+
+        Raises:
+            NotFound: no such container.
+        """
+        from strata.runtime import changes as rt_changes
+
+        record = self.containers.store.find(ref)
+        return rt_changes.changes(rt_changes.writable_layer(self.snapshotter, record.id))
+
+    def container_commit(self, ref: str, reference: str | None = None, *, message: str = "",
+                         author: str = "", changes: Sequence[str] = (), pause: bool = True
+                         ) -> runtime_changes_t.CommitResult:
+        """``commit CONTAINER [REPO[:TAG]]``: its writable layer becomes a new image layer on
+        its image, with the container's config (``--change`` applied); the new image's ID.
+
+        Raises:
+            NotFound: no such container.
+            FailedPrecondition: the container's image was removed meanwhile.
+            InvalidArgument: a bad reference or ``--change``.
+        """
+        from strata.runtime import changes as rt_changes
+        from strata.runtime import inspect as rt_inspect
+        from strata.runtime.top import frozen
+
+        target = rt_changes.check_reference(reference) if reference else None
+        record = self.containers.store.find(ref)
+        cdir = self.containers.root / record.id
+        saved, _ = rt_inspect.load_create_config(cdir)
+        container_config = (ContainerConfig.from_json(saved, "container config") if saved
+                            else ContainerConfig(cmd=record.command))
+        config = _apply_changes(container_config, changes) if changes else container_config
+        base: LocalImage | None = None
+        group = self._records_by_id().get(Digest.parse(record.image_id), [])
+        if group:
+            base = LocalImage(self.content, group[0].target)
+        elif record.image_id:
+            raise FailedPrecondition(f"the image {record.image_id} of container"
+                                     f" {record.id[:12]} was removed: cannot commit on it")
+        layer = rt_changes.writable_layer(self.snapshotter, record.id)
+        options = rt_changes.CommitOptions(
+            reference=target, comment=message, author=author, config=config,
+            container_config=container_config, container_id=record.id,
+            created_by=" ".join(container_config.cmd or ()))
+        with frozen(self._live_pid(record) if pause else None):
+            return rt_changes.commit_image(self.content, self.images, base, layer, options)
+
+    def container_copy(self, source: str, destination: str, *, follow_link: bool = False,
+                       archive: bool = False, stdin: BinaryIO | None = None,
+                       stdout: BinaryIO | None = None) -> None:
+        """``cp CONTAINER:SRC DEST`` / ``cp SRC CONTAINER:DEST``; ``-`` as DEST writes a tar
+        to ``stdout``, as SRC reads one from ``stdin``.
+
+        Raises:
+            NotFound: no such container or path.
+            InvalidArgument: neither or both sides in a container, and docker's path rules.
+        """
+        from strata.runtime import copy as rt_copy
+
+        src_ctr, src_path = rt_copy.split_copy_arg(source)
+        dst_ctr, dst_path = rt_copy.split_copy_arg(destination)
+        if (src_ctr is None) == (dst_ctr is None):
+            raise InvalidArgument("copying between containers is not supported" if src_ctr
+                                  else "must specify at least one container source")
+        record = self.containers.store.find(src_ctr or dst_ctr or "")
+        with self._container_root(record) as root:
+            if src_ctr is not None:
+                out: str | BinaryIO = dst_path
+                if dst_path == "-":
+                    out = stdout if stdout is not None else sys.stdout.buffer
+                rt_copy.copy_from_container(root, src_path, out, follow_link=follow_link,
+                                            archive=archive, shown=source)
+            else:
+                src: str | BinaryIO = src_path
+                if src_path == "-":
+                    src = stdin if stdin is not None else sys.stdin.buffer
+                rt_copy.copy_to_container(root, src, dst_path, follow_link=follow_link,
+                                          archive=archive, shown=destination)
+
+    @contextlib.contextmanager
+    def _container_root(self, record: ContainerRecord) -> Iterator[runtime_copy_t.ContainerRoot]:
+        """The container's root: ``/proc/PID/root`` with its processes stopped while it runs,
+        else its snapshot mounted for the duration."""
+        from strata.runtime.copy import ContainerRoot
+        from strata.runtime.top import frozen
+
+        pid = self._live_pid(record)
+        if pid is not None:
+            with frozen(pid):
+                yield ContainerRoot(Path(f"/proc/{pid}/root"), running=True)
+            return
+        with self.containers.mounted(record.id) as rootfs:
+            yield ContainerRoot(rootfs)
+
+    def container_top(self, ref: str, ps_args: Sequence[str] = ()) -> runtime_top_t.Top:
+        """``top CONTAINER [ps OPTIONS]``: the container's processes as host ``ps`` shows them.
+
+        Raises:
+            NotFound: no such container.
+            FailedPrecondition: it is not running (docker's message).
+        """
+        from strata.runtime.top import top
+
+        record = self.containers.store.find(ref)
+        pid = self._live_pid(record)
+        if pid is None:
+            raise FailedPrecondition(f"Container {record.id} is not running")
+        return top(pid, ps_args)
+
+    def container_prune(self) -> tuple[list[str], int]:
+        """``container prune``: remove every container that is not running; their IDs and
+        the bytes reclaimed (their SizeRw, as docker counts)."""
+        from strata.runtime import changes as rt_changes
+
+        deleted: list[str] = []
+        reclaimed = 0
+        for record in self.containers_list(all_containers=True):
+            if self._live_pid(record) is not None:
+                continue
+            size = 0
+            with contextlib.suppress(StrataError):
+                size = rt_changes.size_rw(rt_changes.writable_layer(self.snapshotter,
+                                                                    record.id))
+            try:
+                self.containers.remove(record.id)
+            except NotFound:
+                continue
+            deleted.append(record.id)
+            reclaimed += size
+        return deleted, reclaimed
+
+    def _image_users(self, image_id: Digest) -> list[ContainerRecord]:
+        """The containers made from image ``image_id`` (``rmi``'s conflict check)."""
+        if not (self.root / "containers.db").exists():
+            return []
+        return [r for r in self.containers.store.walk() if r.image_id == str(image_id)]
+
+    # -- networks and volumes (strata.runtime.network / .volumes) --------------------------
+    def container_ports(self, ref: str) -> tuple[runtime_network.PortMapping, ...]:
+        """``port``: the published ports of a running container (host ports as bound).
+
+        Raises:
+            NotFound: no such container.
+        """
+        record = self.containers.store.find(ref)
+        attachment = runtime_network.attachment_of(self.containers.root / record.id)
+        return attachment.ports if attachment is not None else ()
+
+    def containers_ports(self) -> dict[str, tuple[runtime_network.PortMapping, ...]]:
+        """Container ID → published ports, for every container attached now (``ps``)."""
+        out = {}
+        root = self.containers.root
+        for cid in os.listdir(root) if root.is_dir() else ():
+            attachment = runtime_network.attachment_of(root / cid)
+            if attachment is not None and attachment.ports:
+                out[cid] = attachment.ports
+        return out
+
+    def volume_create(self, name: str | None = None, *,
+                      labels: Mapping[str, str] | None = None) -> runtime_volumes.VolumeInfo:
+        """``volume create [NAME]``: a new volume, or the existing one of that name.
+
+        Raises:
+            InvalidArgument: an invalid name.
+        """
+        return self.containers.volume_store.create(name, labels=labels)[0]
+
+    def volumes_list(self) -> list[runtime_volumes.VolumeInfo]:
+        """``volume ls``: every volume, by name."""
+        return self.containers.volume_store.walk()
+
+    def volume_inspect(self, name: str) -> runtime_volumes.VolumeInfo:
+        """``volume inspect NAME``.
+
+        Raises:
+            NotFound: no such volume.
+        """
+        return self.containers.volume_store.get(name)
+
+    def volume_remove(self, name: str, *, force: bool = False) -> None:
+        """``volume rm [-f] NAME``.
+
+        Raises:
+            NotFound: no such volume (not with ``force``).
+            FailedPrecondition: a container uses it.
+        """
+        self.containers.volume_store.remove(name, force=force)
+
+    def volume_prune(self, *, all_volumes: bool = False) -> tuple[list[str], int]:
+        """``volume prune [-a]``: unused anonymous (``-a``: all unused) volumes removed;
+        their names and the bytes reclaimed."""
+        return self.containers.volume_store.prune(all_volumes=all_volumes)
 
     # -- registries (strata.registry.client) ---------------------------------------------
     def configure_registries(self, *, insecure: Sequence[str] = (), ca_file: Path | None = None,

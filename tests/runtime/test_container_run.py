@@ -293,7 +293,9 @@ def test_symlinked_mount_targets_cannot_write_outside(run: Run,
 
 
 def test_loopback_is_up_in_the_new_network_namespace(run: Run) -> None:
-    out = run("--rm", BUSYBOX_REF, "sh", "-c", "cat /sys/class/net/lo/flags; ls /sys/class/net")
+    # --network none: only lo (the default bridge network adds eth0, see test_network.py)
+    out = run("--rm", "--network", "none", BUSYBOX_REF, "sh", "-c",
+              "cat /sys/class/net/lo/flags; ls /sys/class/net")
     assert out.returncode == 0, out.stderr
     flags, interfaces = out.stdout.split("\n", 1)
     assert int(flags, 16) & 0x1  # IFF_UP

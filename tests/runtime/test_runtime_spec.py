@@ -18,6 +18,7 @@ from strata.runtime.spec import (
     User,
     capabilities,
     command_of,
+    default_mounts,
     environment,
     generate,
     resolve_user,
@@ -52,7 +53,9 @@ def test_process_fields_follow_the_runtime_spec() -> None:
     assert set(caps) == {"bounding", "effective", "permitted"}  # no inheritable (docker)
     assert caps["bounding"] == list(DEFAULT_CAPABILITIES)
     assert len(DEFAULT_CAPABILITIES) == 14 and "CAP_SYS_ADMIN" not in DEFAULT_CAPABILITIES
-    assert process["rlimits"] == []
+    nofile = process["rlimits"]  # docker's default open-files limit (capped at strata's)
+    assert [r["type"] for r in nofile] == ["RLIMIT_NOFILE"]
+    assert nofile[0]["soft"] == nofile[0]["hard"] <= 1 << 20
 
 
 def test_linux_namespaces_masked_and_readonly_paths() -> None:
@@ -153,7 +156,7 @@ def test_read_only_and_tmpfs_options() -> None:
     assert doc["root"] == {"path": "rootfs", "readonly": True}
     mounts = doc["mounts"]
     assert isinstance(mounts, list)
-    assert mounts[-2:] == [
+    assert [m for m in mounts if m["destination"] in ("/run", "/cache")] == [
         {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
          "options": ["noexec", "nosuid", "nodev"]},
         {"destination": "/cache", "type": "tmpfs", "source": "tmpfs",
@@ -178,3 +181,23 @@ def test_cap_add_and_drop_follow_docker() -> None:
     caps = _doc(cap_add=("SYS_TIME",))["process"]
     assert isinstance(caps, dict)
     assert "CAP_SYS_TIME" in caps["capabilities"]["bounding"]
+
+
+def test_user_mounts_are_ordered_parents_first_and_replace_the_etc_files() -> None:
+    extra = [{"destination": "/etc/hosts", "type": "bind", "source": "/h/hosts",
+              "options": ["rbind", "rprivate"]},
+             {"destination": "/etc", "type": "bind", "source": "/vol/etc",
+              "options": ["rbind", "rprivate"]},
+             {"destination": "/data/sub", "type": "bind", "source": "/s",
+              "options": ["rbind", "rprivate"]},
+             {"destination": "/data", "type": "bind", "source": "/d",
+              "options": ["rbind", "rprivate"]}]
+    doc = generate(ContainerConfig(cmd=("sh",)), RunOptions(), user=User(), hostname="h",
+                   etc_files={"/etc/hosts": Path("/c/hosts"),
+                              "/etc/hostname": Path("/c/hostname")},
+                   extra_mounts=extra)
+    mounts = doc["mounts"]
+    assert isinstance(mounts, list)
+    own = [(m["destination"], m["source"]) for m in mounts[len(default_mounts()):]]
+    assert own == [("/etc", "/vol/etc"), ("/data", "/d"), ("/etc/hostname", "/c/hostname"),
+                   ("/etc/hosts", "/h/hosts"), ("/data/sub", "/s")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -79,17 +78,9 @@ def inspect_cmd(ctx: click.Context, names: tuple[str, ...], size: bool, fmt: str
     plat = Platform.parse(platform) if platform else None
     out = [engine.inspect_remote(name, platform=plat).to_json() if remote
            else engine.inspect(name).to_json() for name in names]
-    if fmt:
-        key = fmt.strip().removeprefix("{{").removesuffix("}}").strip().removeprefix(".")
-        for item in out:
-            value = item
-            for part in key.split("."):
-                if not isinstance(value, dict) or part not in value:
-                    raise click.UsageError(f"template: no field {part!r}")
-                value = value[part]  # type: ignore[assignment]
-            click.echo(value if isinstance(value, str) else json.dumps(value))
-        return
-    click.echo(json.dumps(out, indent=4, ensure_ascii=False))
+    from strata.cli.containers import render_inspect
+
+    render_inspect(out, fmt)  # the Go-template subset shared with container inspect
 
 
 @click.command("history")

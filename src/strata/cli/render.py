@@ -8,18 +8,21 @@ go-units ``HumanSizeWithPrecision`` (decimal units); ages with go-units ``HumanD
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import sys
 from collections.abc import Sequence
-
-from rich.console import Console
-from rich.progress import TaskID
+from typing import TYPE_CHECKING
 
 from strata.progress import ProgressEvent, Stage
 
+if TYPE_CHECKING:  # rich is imported by the commands that draw with it, not by every command
+    from rich.console import Console
+    from rich.progress import TaskID
+
 __all__ = [
-    "console",
+    "console",  # noqa: F822 (module __getattr__: made on first use)
     "ellipsis",
-    "err_console",
+    "err_console",  # noqa: F822
     "human_duration",
     "human_size",
     "since",
@@ -27,8 +30,23 @@ __all__ = [
     "truncate_id",
 ]
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+@functools.cache
+def _consoles() -> tuple[Console, Console]:
+    from rich.console import Console
+
+    return (Console(highlight=False, soft_wrap=True),
+            Console(stderr=True, highlight=False, soft_wrap=True))
+
+
+def __getattr__(name: str) -> Console:
+    """``console`` (stdout) and ``err_console`` (stderr): rich consoles made on first use."""
+    if name == "console":
+        return _consoles()[0]
+    if name == "err_console":
+        return _consoles()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 
@@ -120,7 +138,7 @@ class LayerProgress:
         self.enabled = sys.stderr.isatty()
         self._progress = Progress(
             TextColumn("{task.fields[item]}"), TextColumn("{task.description}"), BarColumn(),
-            DownloadColumn(), console=err_console, transient=False,
+            DownloadColumn(), console=_consoles()[1], transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
 

@@ -12,7 +12,6 @@ from typing import BinaryIO, Protocol
 
 from strata.content import ContentStore
 from strata.errors import InvalidContent, NotFound
-from strata.layers import open_decompressed
 from strata.oci import Descriptor, Digest, ImageConfig, Index, Manifest, Platform, mediatypes
 
 __all__ = ["Image", "Layer", "LocalImage", "LocalLayer", "resolve_manifest"]
@@ -66,6 +65,10 @@ class LocalLayer:
         return self._store.open(self._descriptor.digest)
 
     def open_uncompressed(self) -> BinaryIO:
+        # The decompressors (zstandard, isal) load with the first layer read, not with the
+        # views every command uses.
+        from strata.layers import open_decompressed
+
         compression = mediatypes.layer_compression(self._descriptor.media_type)
         return open_decompressed(self.open_compressed(), compression)
 

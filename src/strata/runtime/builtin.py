@@ -7,7 +7,16 @@ resolved *inside* the rootfs, as runc's securejoin does, so symlinks in the imag
 redirect a mount to the host), creates the standard device nodes, ``pivot_root``\\ s into the
 rootfs (not ``chroot``) and detaches the old root, masks and write-protects the spec's paths,
 sets the hostname and rlimits, drops the capability bounding set, sets ``no_new_privs``,
-switches uid/gid keeping only the spec's capabilities, and finally ``execve``\\ s the process.
+switches uid/gid keeping only the spec's capabilities, loads the seccomp filter and finally
+``execve``\\ s the process.
+
+Resources: before forking, the container's cgroup (``linux.cgroupsPath``) is created with the
+spec's ``linux.resources`` (:func:`strata.runtime.cgroups.apply`, as runc does) and PID 1
+joins it first thing, so the runtime child itself is never counted (nor OOM-killed).  With a
+user namespace (``--userns auto``) the runtime child first mounts the rootfs on idmapped
+layers in a private mount namespace, unshares, waits for this process to write its uid/gid
+maps, puts PID 1 in the cgroup (PID 1 no longer may) and lets it go on as the namespace's
+root; device nodes are then bound from the host instead of made.
 
 Failures before ``execve`` travel back on a close-on-exec pipe as JSON and become
 :class:`~strata.errors.CommandNotFound` (127) / :class:`~strata.errors.CannotExecute` (126) /
@@ -18,7 +27,6 @@ closes empty and the process's exit status is the result.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import json
@@ -35,12 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from strata.errors import CannotExecute, CommandNotFound, FailedPrecondition, StrataError
+from strata.runtime import cgroups, seccomp, userns
+from strata.runtime import pty as _pty
 from strata.runtime.spec import ALL_CAPABILITIES
 from strata.snapshots import Mount, mount_all
 
 __all__ = ["CAPABILITIES", "run_bundle", "secure_join"]
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, already loaded (find_library runs ldconfig)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -56,7 +66,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 _NS_FLAGS = {"mount": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC,
-             "pid": CLONE_NEWPID, "network": CLONE_NEWNET}
+             "pid": CLONE_NEWPID, "network": CLONE_NEWNET, "user": 0x10000000}
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -100,6 +110,21 @@ _DEV_LINKS: tuple[tuple[str, str], ...] = (
     ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore"),
 )
 _MAX_SYMLINKS = 255
+
+#: In the forked runtime child only: the console socket of :func:`run_bundle` (or None).
+_console_fd: int | None = None
+
+#: In the forked runtime child only: the cgroup directories the container's init joins.
+_cgroup_dirs: list[Path] = []  # filled in place by run_bundle before it forks
+
+#: With a user namespace (run_bundle's sync pipes, set before it forks): the runtime child
+#: says "unshared" on ``_userns_sync[0]`` and waits for "maps written" on ``_userns_sync[1]``.
+_userns_sync: list[int] = []
+
+CLONE_NEWUSER = 0x10000000
+_ST_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+             (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+             (os.ST_RDONLY, MS_RDONLY))
 
 
 class _SetupError(Exception):
@@ -210,10 +235,21 @@ def _do_mount(root: str, m: Mapping[str, Any]) -> None:
         _mount(source, target, None, MS_BIND | (flags & MS_REC))
         extra = flags & ~(MS_BIND | MS_REC)
         if extra:
-            _mount(None, target, None, MS_REMOUNT | MS_BIND | extra)
+            _mount(None, target, None, MS_REMOUNT | MS_BIND | extra | _kept_flags(target))
         return
     readonly = flags & MS_RDONLY
-    if type_ == "sysfs" and readonly:
+    if type_ == "sysfs":
+        try:
+            _mount(source, target, type_, flags)
+        except _SetupError:
+            if not _userns_sync:
+                raise
+            # In a user namespace that does not own the network namespace (a joined one),
+            # sysfs cannot be mounted: the host's is bound read-only instead (as runc does).
+            _mount("/sys", target, None, MS_BIND | MS_REC)
+            _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | _kept_flags(target))
+        return
+    if readonly and not data:
         _mount(source, target, type_, flags)
         return
     _mount(source, target, type_, flags, ",".join(data) or None)
@@ -223,6 +259,11 @@ def _make_devices(root: str) -> None:
     dev = secure_join(root, "/dev")
     for name, major, minor in _DEVICES:
         path = os.path.join(dev, name)
+        if _userns_sync:  # no mknod in a user namespace: bind the host's node (runc's way)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o666))
+            _mount(f"/dev/{name}", path, None, MS_BIND)
+            continue
         os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(path, 0o666)
     for name, target in _DEV_LINKS:
@@ -231,6 +272,32 @@ def _make_devices(root: str) -> None:
         path = os.path.join(dev, name)
         if not os.path.lexists(path):
             os.symlink(target, path)
+
+
+def _make_device(root: str, device: Mapping[str, Any]) -> None:
+    """Create one of the spec's ``linux.devices`` inside the rootfs (``--privileged``)."""
+    kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(
+        str(device.get("type")))
+    if kind is None:
+        raise _SetupError("error", f"unknown device type {device.get('type')!r}")
+    path = _ensure_parent(root, str(device["path"]))
+    if os.path.lexists(path):  # (the last component is never followed)
+        if os.path.isdir(path) and not os.path.islink(path):
+            return
+        os.unlink(path)
+    mode = int(device.get("fileMode", 0o666)) & 0o7777
+    os.mknod(path, mode | kind, os.makedev(int(device.get("major", 0)),
+                                           int(device.get("minor", 0))))
+    os.chmod(path, mode)
+    os.chown(path, int(device.get("uid", 0)), int(device.get("gid", 0)))
+
+
+def _ensure_parent(root: str, dest: str) -> str:
+    """``dest`` inside ``root`` with its parent directories made (links resolved inside)."""
+    parent = os.path.dirname(dest.rstrip("/")) or "/"
+    if parent != "/":
+        _ensure(root, parent, directory=True)
+    return os.path.join(secure_join(root, parent), os.path.basename(dest.rstrip("/")))
 
 
 def _pivot_root(root: str) -> None:
@@ -256,12 +323,23 @@ def _mask(paths: Sequence[str]) -> None:
             _mount("/dev/null", path, None, MS_BIND)
 
 
+def _kept_flags(path: str) -> int:
+    """The flags of the mount at ``path`` that a bind remount must repeat (in a user
+    namespace the kernel refuses to clear nosuid/nodev/noexec... of a mount it locked)."""
+    try:
+        current = os.statvfs(path).f_flag
+    except OSError:
+        return 0
+    return sum(ms for st, ms in _ST_FLAGS if current & st)
+
+
 def _readonly(paths: Sequence[str]) -> None:
     for path in paths:
         if not os.path.exists(path):
             continue
         _mount(path, path, None, MS_BIND | MS_REC)
-        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC)
+        _mount(None, path, None,
+               MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC | _kept_flags(path))
 
 
 class _CapHeader(ctypes.Structure):
@@ -348,6 +426,21 @@ def _container_init(spec: Mapping[str, Any], bundle: str, rootfs_mounts: Sequenc
     root_path = str(spec["root"]["path"])
     root = os.path.realpath(os.path.join(bundle, root_path))
 
+    if _userns_sync:
+        # The runtime child put us in the cgroups (we could not: the files are the host
+        # root's); wait for it, then become the namespace's root (host uid: the mapped one).
+        if os.read(_userns_sync[1], 1) != b"1":
+            raise _SetupError("error", "the runtime did not set the container up")
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        os.setgroups([])
+    # Into the container's cgroups first: every process it makes is counted from here on
+    # (the runtime child stays outside, so it is never the OOM killer's choice).
+    elif _cgroup_dirs:
+        try:
+            cgroups.join(_cgroup_dirs)
+        except StrataError as exc:
+            raise _SetupError("error", str(exc)) from None
     # Mounts: nothing propagates back to the host; the rootfs becomes a mount point.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     if rootfs_mounts:
@@ -360,22 +453,35 @@ def _container_init(spec: Mapping[str, Any], bundle: str, rootfs_mounts: Sequenc
         _do_mount(root, m)
         if m["destination"] == "/dev" and m.get("type") == "tmpfs":
             _make_devices(root)
-    if any(ns.get("type") == "network" for ns in linux.get("namespaces") or ()):
-        _loopback_up()
+    for device in linux.get("devices") or ():
+        _make_device(root, device)
+    if any(ns.get("type") == "network" and not ns.get("path")
+           for ns in linux.get("namespaces") or ()):
+        _loopback_up()  # (a joined namespace was set up by its creator)
     if spec.get("hostname"):
         name = str(spec["hostname"]).encode()
         _check(_libc.sethostname(name, len(name)), "sethostname")
     _pivot_root(root)
+    if process.get("terminal") and _console_fd is not None:
+        # After pivot_root: the pty comes from the container's own /dev/pts (tty says
+        # /dev/pts/0), as with runc.
+        _pty.setup_console(_console_fd, int((process.get("user") or {}).get("uid", 0)))
     _mask(list(linux.get("maskedPaths") or ()))
     _readonly(list(linux.get("readonlyPaths") or ()))
     if spec["root"].get("readonly"):
-        _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | _kept_flags("/"))
 
     for rl in process.get("rlimits") or ():
         kind = getattr(resource, str(rl["type"]), None)
         if kind is None:
             raise _SetupError("error", f"unknown rlimit {rl['type']}")
-        resource.setrlimit(kind, (int(rl["soft"]), int(rl["hard"])))
+        soft, hard = (resource.RLIM_INFINITY if int(rl[k]) >= 1 << 63 else int(rl[k])
+                      for k in ("soft", "hard"))
+        try:
+            resource.setrlimit(kind, (soft, hard))
+        except (OSError, ValueError) as exc:
+            raise _SetupError("error", f"error setting rlimit type {rl['type']}: {exc}"
+                              ) from None
 
     caps: Mapping[str, Sequence[str]] = process.get("capabilities") or {}
     bounding = _mask_of(caps.get("bounding") or ())
@@ -420,6 +526,12 @@ def _container_init(spec: Mapping[str, Any], bundle: str, rootfs_mounts: Sequenc
         except (OSError, ValueError):
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if linux.get("seccomp"):
+        # Last, after no_new_privs: from here on only the allowed system calls work.
+        try:
+            seccomp.load(linux["seccomp"])
+        except StrataError as exc:
+            raise _SetupError("error", str(exc)) from None
     try:
         os.execve(path, args, dict(e.partition("=")[::2] for e in env))
     except PermissionError:
@@ -443,10 +555,20 @@ def _child(spec: Mapping[str, Any], bundle: str, rootfs_mounts: Sequence[Mount],
     """The first child: unshare, fork PID 1, wait for it and pass its status on."""
     flags = 0
     for ns in (spec.get("linux") or {}).get("namespaces") or ():
-        if ns.get("path"):
-            raise _SetupError("error", "joining existing namespaces is not supported yet")
+        if ns.get("path"):  # join it (e.g. the network namespace strata's bridge made)
+            _join_namespace(str(ns["path"]), _NS_FLAGS[str(ns["type"])])
+            continue
         flags |= _NS_FLAGS[str(ns["type"])]
-    _check(_libc.unshare(flags), "unshare namespaces")
+    if _userns_sync:
+        rootfs_mounts = _idmapped_rootfs(spec, bundle, rootfs_mounts)
+        _check(_libc.unshare(flags), "unshare namespaces")
+        os.write(_userns_sync[0], b"1")  # the parent writes our uid/gid maps now
+        if os.read(_userns_sync[1], 1) != b"1":
+            raise _SetupError("error", "the uid/gid maps were not written")
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        _userns_sync[1] = go_r  # PID 1 waits on this one
+    else:
+        _check(_libc.unshare(flags), "unshare namespaces")
     pid = os.fork()
     if pid == 0:
         try:
@@ -459,6 +581,13 @@ def _child(spec: Mapping[str, Any], bundle: str, rootfs_mounts: Sequence[Mount],
         except BaseException:
             _report(errfd, "error", traceback.format_exc(limit=3))
         os._exit(127)
+    if _userns_sync:
+        try:  # PID 1 cannot write the host's cgroup files: we still can (euid 0 owns them)
+            cgroups.join(_cgroup_dirs, pid)
+        except StrataError as exc:
+            os.kill(pid, signal.SIGKILL)
+            raise _SetupError("error", str(exc)) from None
+        os.write(go_w, b"1")
     os.close(errfd)
     # Pass terminating signals on to the container.
     def forward(signum: int, _frame: object) -> None:
@@ -477,6 +606,47 @@ def _child(spec: Mapping[str, Any], bundle: str, rootfs_mounts: Sequence[Mount],
     return _exit_code(status)
 
 
+def _idmapped_rootfs(spec: Mapping[str, Any], bundle: str, rootfs_mounts: Sequence[Mount]
+                     ) -> Sequence[Mount]:
+    """In a private mount namespace (still the host's user namespace), mount the rootfs on
+    idmapped layers for the container's user namespace (:mod:`strata.runtime.userns`);
+    nothing is left for PID 1 to mount."""
+    linux: Mapping[str, Any] = spec.get("linux") or {}
+    _check(_libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if rootfs_mounts:
+        root = os.path.realpath(os.path.join(bundle, str(spec["root"]["path"])))
+        try:
+            userns.mount_rootfs(rootfs_mounts, Path(root), Path(bundle) / ".idmap",
+                                linux.get("uidMappings") or (), linux.get("gidMappings") or ())
+        except StrataError as exc:
+            raise _SetupError("error", f"mount the rootfs for the user namespace: {exc}"
+                              ) from None
+    return ()
+
+
+def _init_pid(pid: int) -> int:
+    """The host PID of the container's PID 1: the only child of the runtime child ``pid``
+    (``pid`` itself if it has none any more)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(children[0]) if children else pid
+
+
+def _join_namespace(path: str, flag: int) -> None:
+    """setns into the namespace file ``path`` (runtime-spec ``namespaces[].path``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _SetupError("error", f"open namespace {path}: {exc.strerror}") from None
+    try:
+        _check(_libc.setns(fd, flag), f"join namespace {path}")
+    finally:
+        os.close(fd)
+
+
 def _exit_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
@@ -484,7 +654,9 @@ def _exit_code(status: int) -> int:
 
 
 def run_bundle(bundle: Path, *, rootfs_mounts: Sequence[Mount] = (),
-               on_start: Callable[[int], None] | None = None) -> int:
+               on_start: Callable[[int], None] | None = None,
+               on_exec: Callable[[int], None] | None = None,
+               console_fd: int | None = None) -> int:
     """Run the bundle's process in the foreground with the caller's stdio; its exit code.
 
     Args:
@@ -493,6 +665,11 @@ def run_bundle(bundle: Path, *, rootfs_mounts: Sequence[Mount] = (),
             container's mount namespace so they vanish with it; empty when the rootfs is
             already mounted (or a plain directory).
         on_start: called with the host PID of the runtime child once it exists.
+        on_exec: called with the host PID of the container's PID 1 once it has exec'd the
+            process (not called when it could not).
+        console_fd: with ``process.terminal``, a connected Unix socket on which the
+            container's init sends the master of the pty it made its controlling terminal
+            (as runc's ``--console-socket``); see :mod:`strata.runtime.pty`.
 
     Raises:
         CommandNotFound: the process's executable does not exist (docker: 127).
@@ -500,6 +677,19 @@ def run_bundle(bundle: Path, *, rootfs_mounts: Sequence[Mount] = (),
         StrataError: any other failure to start the container.
     """
     spec = json.loads((bundle / "config.json").read_text())
+    linux = spec.get("linux") or {}
+    _cgroup_dirs[:] = (cgroups.apply(str(linux["cgroupsPath"]), linux.get("resources"))
+                       if linux.get("cgroupsPath") else [])
+    if linux.get("seccomp"):
+        # Compiled (or read from the cache) here, on the host: the container's init cannot
+        # read files or dlopen libseccomp after pivot_root.
+        seccomp.preload(linux["seccomp"])
+    with_userns = any(ns.get("type") == "user" and not ns.get("path")
+                      for ns in linux.get("namespaces") or ())
+    up_r = up_w = down_r = down_w = -1
+    if with_userns:
+        up_r, up_w = os.pipe2(os.O_CLOEXEC)  # runtime child → us: "unshared"
+        down_r, down_w = os.pipe2(os.O_CLOEXEC)  # us → runtime child: "maps written"
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -508,6 +698,12 @@ def run_bundle(bundle: Path, *, rootfs_mounts: Sequence[Mount] = (),
         code = 125
         try:
             os.close(read_fd)
+            if with_userns:
+                os.close(up_r)
+                os.close(down_w)
+                _userns_sync[:] = [up_w, down_r]
+            global _console_fd  # noqa: PLW0603 (this forked child only)
+            _console_fd = console_fd
             code = _child(spec, str(bundle), rootfs_mounts, write_fd)
         except _SetupError as exc:
             _report(write_fd, exc.kind, exc.message)
@@ -515,6 +711,23 @@ def run_bundle(bundle: Path, *, rootfs_mounts: Sequence[Mount] = (),
             _report(write_fd, "error", traceback.format_exc(limit=3))
         os._exit(code)
     os.close(write_fd)
+    if with_userns:
+        os.close(up_w)
+        os.close(down_r)
+        try:
+            if os.read(up_r, 1) == b"1":
+                try:
+                    userns.write_maps(pid, linux.get("uidMappings") or (),
+                                      linux.get("gidMappings") or ())
+                    os.write(down_w, b"1")
+                except StrataError as exc:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    os.close(read_fd)
+                    raise StrataError(f"unable to start container process: {exc}") from None
+        finally:
+            os.close(up_r)
+            os.close(down_w)
     if on_start is not None:
         on_start(pid)
     chunks = []
@@ -527,6 +740,10 @@ def run_bundle(bundle: Path, *, rootfs_mounts: Sequence[Mount] = (),
             break
         chunks.append(chunk)
     os.close(read_fd)
+    if console_fd is not None:
+        os.close(console_fd)
+    if not chunks and on_exec is not None:
+        on_exec(_init_pid(pid))
     old = {s: signal.signal(s, lambda n, _f: os.kill(pid, n))
            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:

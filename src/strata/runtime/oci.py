@@ -12,7 +12,6 @@ the user's terminal.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import os
 import shutil
@@ -24,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from strata.errors import CannotExecute, CommandNotFound, NotFound, StrataError
+from strata.runtime.pty import ConsoleSocket
 
 __all__ = ["run_with"]
 
 _PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, already loaded (find_library runs ldconfig)
 
 
 def _log_error(log: Path) -> str:
@@ -66,8 +66,25 @@ def _relay(source: int, dest: int) -> None:
 
 
 def run_with(runtime: str, bundle: Path, container_id: str, state_root: Path, *,
-             on_start: Callable[[int], None] | None = None) -> int:
+             on_start: Callable[[int], None] | None = None,
+             on_exec: Callable[[int], None] | None = None,
+             console_socket: Path | None = None,
+             on_console: Callable[[int], None] | None = None,
+             on_exit: Callable[[], None] | None = None) -> int:
     """Run ``bundle`` with the OCI runtime ``runtime`` in the foreground; its exit code.
+
+    Args:
+        runtime: the runtime's name (``runc``, ``crun``).
+        bundle: the bundle directory (rootfs already mounted).
+        container_id: the ID the runtime knows the container by.
+        state_root: the runtime's ``--root``.
+        on_start: called with the container's host PID once it is created.
+        on_exec: called with the same PID once the process has been started.
+        console_socket: with ``process.terminal``: where to listen for the pty master
+            (``--console-socket``); ``on_console`` gets the master fd (and owns it).
+        on_console: see ``console_socket``.
+        on_exit: called after the container's process ended and before ``RUNTIME delete``
+            removes its cgroup (to read :func:`strata.runtime.cgroups.oom_killed`).
 
     Raises:
         NotFound: the runtime is not installed.
@@ -87,13 +104,26 @@ def run_with(runtime: str, bundle: Path, container_id: str, state_root: Path, *,
     relay = threading.Thread(target=_relay, args=(err_read, sys.stderr.fileno()), daemon=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    console = None
+    extra: list[str] = []
+    if console_socket is not None:
+        console = ConsoleSocket(console_socket)
+        extra = ["--console-socket", str(console.path)]
     try:
         created = subprocess.run(
-            [*base, "create", "--bundle", str(bundle), "--pid-file", str(pid_file),
+            [*base, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), *extra,
              container_id], stdin=sys.stdin.fileno(), stdout=sys.stdout.fileno(),
             stderr=err_write, check=False)
+        if created.returncode == 0 and console is not None:
+            master = console.receive()
+            if on_console is not None:
+                on_console(master)
+            else:
+                os.close(master)
     finally:
         os.close(err_write)
+        if console is not None:
+            console.close()
     if created.returncode != 0:
         os.close(err_read)
         subprocess.run([*base, "delete", "--force", container_id], capture_output=True,
@@ -117,6 +147,8 @@ def run_with(runtime: str, bundle: Path, container_id: str, state_root: Path, *,
                                  check=False)
         if started.returncode != 0:
             os.kill(pid, signal.SIGKILL)
+        elif on_exec is not None:
+            on_exec(pid)
         while True:
             try:
                 _, status = os.waitpid(pid, 0)
@@ -129,6 +161,8 @@ def run_with(runtime: str, bundle: Path, container_id: str, state_root: Path, *,
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        if on_exit is not None:
+            on_exit()
         subprocess.run([*base, "delete", "--force", container_id], capture_output=True,
                        check=False)
         relay.join(timeout=5)

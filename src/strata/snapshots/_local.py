@@ -227,15 +227,42 @@ class LocalSnapshotter:
             self._meta.delete(conn, key)
         self._remove_dir(self._dir(row.id))
 
-    def _remove_dir(self, path: Path) -> None:
+    def remove_deferred(self, key: str) -> Path | None:
+        """:meth:`remove`, leaving the deletion of the directory to the caller.
+
+        The snapshot is forgotten at once and its directory moved into this snapshotter's
+        ``tmp``, named for this process so that :meth:`cleanup` deletes it once the process
+        is gone if nobody did.  Returns where it went (None: it had no directory).
+        ``strata run --rm`` deletes it after returning (a container's files, thousands
+        of them, must not delay its exit code).
+
+        Raises:
+            NotFound: no such snapshot.
+            FailedPrecondition: it has children.
+        """
+        with self._meta.write() as conn:
+            row = self._meta.get(key, conn)
+            if self._meta.has_children(conn, key):
+                raise FailedPrecondition(
+                    f"snapshot {key!r} has children: remove them first"
+                )
+            self._meta.delete(conn, key)
+        return self._move_aside(self._dir(row.id))
+
+    def _move_aside(self, path: Path) -> Path | None:
         trash = self.root / "tmp" / f"rm-{os.getpid()}-{secrets.token_hex(6)}"
         try:
             os.rename(path, trash)
         except FileNotFoundError:
-            return
+            return None
         except OSError as exc:
             raise _os_error(f"cannot remove snapshot directory {path}", exc) from exc
-        shutil.rmtree(trash, ignore_errors=True)
+        return trash
+
+    def _remove_dir(self, path: Path) -> None:
+        trash = self._move_aside(path)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
     def usage(self, key: str) -> Usage:
         row = self._meta.get(key)

@@ -10,7 +10,6 @@ copy.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import signal
 import subprocess
 from pathlib import Path
@@ -23,7 +22,7 @@ from strata.snapshots.metadata import Row
 __all__ = ["NativeSnapshotter"]
 
 _PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, already loaded (find_library runs ldconfig)
 
 
 def _die_with_parent() -> None:
