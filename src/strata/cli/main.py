@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from strata import __version__
+from strata.cli import build as build_cmds
 from strata.cli import images as images_cmds
 from strata.cli import registry as registry_cmds
 from strata.cli import remote as remote_cmds
@@ -41,6 +42,7 @@ system_cmds.register(cli)
 registry_cmds.register(cli)
 remote_cmds.register(cli)
 run_cmds.register(cli)
+build_cmds.register(cli)
 
 
 def main() -> None:
