@@ -9,8 +9,9 @@ Workloads (bases made locally: :mod:`strata.testing.baseimages`):
   stage copying from both;
 - **files**: a context of 10 000 small files copied in and listed.
 
-Scenarios per workload: **cold** (a fresh store with the base image loaded outside the
-timed region; for docker the build cache pruned and the image removed), **cached** (the
+Scenarios per workload: **cold** (a fresh store with the base image loaded and unpacked
+outside the timed region — strata's snapshots, buildah's containers-storage, docker's
+graph; for docker the build cache pruned and the built images removed), **cached** (the
 same build again), **changed** (one source file of the context rewritten, then built).
 Contenders run interleaved (strata, buildah, docker, strata, ...) for ``--runs`` rounds;
 medians and the ratio of strata to the faster peer are printed.  The targets: cold at most
@@ -35,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from strata.engine import Engine
 from strata.testing import baseimages, tools
 
 BUSYBOX = baseimages.BUSYBOX_REF
@@ -107,6 +109,9 @@ class Strata:
         shutil.rmtree(self.root, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "strata", "--root", str(self.root), "load", "-i",
                         str(self.layouts[base])], check=True, capture_output=True)
+        # unpacked into snapshots, as `docker load` and skopeo into containers-storage
+        # leave the peers' bases (outside the timed region for every contender)
+        Engine(self.root).unpack_snapshots(base)
 
     def build(self, ctx: Path) -> float:
         self.n += 1

@@ -25,9 +25,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from strata import build as build_pkg
 from strata import content as content_pkg
 from strata import images as images_pkg
 from strata.errors import (
@@ -68,6 +67,9 @@ from strata.progress import Progress, no_progress
 from strata.registry import client as regclient
 from strata.runtime import ContainerRecord, Containers, ContainerStore, ImageForRun, RunOptions
 from strata.snapshots import Snapshotter, open_snapshotter
+
+if TYPE_CHECKING:  # the builder is imported when a build runs (CLI start-up time)
+    from strata import build as build_pkg
 
 __all__ = [
     "Engine",
@@ -536,6 +538,8 @@ class Engine:
     @functools.cached_property
     def build_cache(self) -> build_pkg.BuildCache:
         """The build cache under ``ROOT/build/cache.db``."""
+        from strata import build as build_pkg
+
         return build_pkg.BuildCache(self.root / "build" / "cache.db")
 
     def build(self, options: build_pkg.BuildOptions | build_pkg.BuildRequest, *,
@@ -552,6 +556,7 @@ class Engine:
             NotFound: the context, the Dockerfile, a base image or a source file is missing.
             InvalidArgument: a bad option.
         """
+        from strata import build as build_pkg
         from strata.build.context import Context
 
         if isinstance(options, build_pkg.BuildRequest):
@@ -563,10 +568,16 @@ class Engine:
         if options.network not in ("default", "host", "none"):
             raise InvalidArgument(f"--network {options.network!r}: use default, host or none")
         text: str | None = None
+        memo: dict[str, str] = {}
         if options.context_stream is not None:
             context, text = Context.from_stdin(options.context_stream, workdir=self.tmp)
         elif options.context is not None:
-            context = Context.from_directory(options.context, dockerfile=options.dockerfile)
+            # content digests of context files from earlier builds: unchanged files are
+            # not read again to compute the cache keys
+            memo = self.build_cache.file_digests()
+            known = set(memo)
+            context = Context.from_directory(options.context, dockerfile=options.dockerfile,
+                                             digest_memo=memo)
         else:
             raise InvalidArgument("build needs a context directory or - for stdin")
         with context:
@@ -582,7 +593,12 @@ class Engine:
             request = build_pkg.BuildRequest(
                 dockerfile=text, dockerfile_path=name, context=context, tags=tags,
                 target=options.target, outputs=outputs, settings=settings)
-            result = self.build_request(request, progress=progress)
+            try:
+                result = self.build_request(request, progress=progress)
+            finally:
+                if options.context is not None and memo.keys() - known:
+                    self.build_cache.remember_file_digests(
+                        {k: v for k, v in memo.items() if k not in known})
         if options.iidfile is not None:
             options.iidfile.write_text(str(result.image.image_id))
         return result
@@ -591,6 +607,8 @@ class Engine:
                       progress: build_pkg.BuildProgress | None = None) -> build_pkg.BuildResult:
         """Run a prepared :class:`~strata.build.BuildRequest` (``type=registry`` outputs
         push the tags afterwards)."""
+        from strata import build as build_pkg
+
         source = _EngineImages(self)
         result = build_pkg.build(
             request, content=self.content, images=self.images, snapshotter=self.snapshotter,
@@ -848,6 +866,8 @@ class _EngineImages:
 
     def base_image(self, name: str, *, platform: Platform | None,
                    pull: bool) -> build_pkg.BaseImage:
+        from strata import build as build_pkg
+
         engine = self.engine
         with self.lock:
             if pull:

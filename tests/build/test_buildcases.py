@@ -180,3 +180,18 @@ def test_outcome_json_round_trip() -> None:
 def test_corpus_case_files_parse() -> None:
     cases = buildcases.load_cases(Path(__file__).parent / "cases")
     assert len({c.name for c in cases}) == len(cases) >= 40
+
+
+def test_compare_xattrs_can_be_left_out_for_one_tool(tmp_path: Path) -> None:
+    case = _case(tmp_path, "[tools.docker]\ncompare_xattrs = false\n")
+    plain = _file("x\n")
+    tagged = trees.Node(
+        type=plain.type, mode=plain.mode, uid=0, gid=0, size=plain.size, sha256=plain.sha256,
+        xattrs=(("user.k", b"v"),),
+    )  # fmt: skip
+    ref = _outcome({"f": plain})
+    got = _outcome({"f": tagged})
+    assert buildcases.compare(case, "docker", ref, got) == []
+    assert buildcases.compare(case, "buildah", ref, got) == [
+        "f: xattrs {} in buildah != {user.k=b'v'} in strata"
+    ]

@@ -114,3 +114,14 @@ def test_builder_prune_forgets_the_cache_and_collects_blobs(engine: Engine, ctx:
     assert len(base_only) < len(kept)
     rebuilt = build(engine, ctx)
     assert _steps(rebuilt) == ["done"] * 5
+
+
+def test_content_change_with_old_mtime_and_size_still_invalidates(engine: Engine,
+                                                                  ctx: Path) -> None:
+    build(engine, ctx)  # through the CLI's path: the context digest memo is filled
+    path = ctx / "first.txt"
+    st = path.stat()
+    path.write_text("9")  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: only ctime differs
+    again = build(Engine(engine.root), ctx)
+    assert _steps(again) == ["cached", "done", "done", "done", "done"]

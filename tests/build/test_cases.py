@@ -69,7 +69,7 @@ def test_case(
         for tool in case.references
     }
     strata = buildcases.strata_build(case, tmp_path / "root", tmp_path / "strata", cache_dir)
-    problems: list[str] = []
+    problems = [f"strata left a mount behind: {m}" for m in strata.leaked_mounts]
     if case.expect or not references:
         problems += buildcases.check_expected(case, strata)
     for tool, reference in references.items():

@@ -427,3 +427,67 @@ def test_context_close_leaves_a_user_directory_alone(ctx_dir: Path) -> None:
     ctx = Context.from_directory(ctx_dir)
     ctx.close()
     assert ctx_dir.is_dir()
+
+
+def test_digest_memo_is_used_and_filled(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "c", {"f": "abc"})
+    memo: dict[str, str] = {}
+    first = Context.from_directory(root, digest_memo=memo).checksum(["f"])
+    assert list(memo.values()) == ["ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]
+    # a memo entry is trusted while the file's identity and times are unchanged ...
+    (key,) = memo
+    memo[key] = "0" * 64
+    assert Context.from_directory(root, digest_memo=memo).checksum(["f"]) != first
+    # ... and a rewrite (new ctime) is hashed again
+    (root / "f").write_text("abc")
+    assert Context.from_directory(root, digest_memo=memo).checksum(["f"]) == first
+
+
+@pytest.mark.parametrize(
+    ("patterns", "files"),
+    [
+        ("*\n!keep", ["keep"]),
+        ("**\n!dir/keep", ["dir", "dir/keep"]),
+        ("dir\n!dir/sub/deep", ["dir", "dir/sub", "dir/sub/deep", "keep"]),
+        ("*/\n", []),
+        ("", ["dir", "dir/drop", "dir/keep", "dir/sub", "dir/sub/deep", "keep"]),
+    ],
+    ids=["star-except-one", "all-except-nested", "deep-exception", "trailing-slash-cleaned", "nothing"],
+)
+def test_context_listing_with_exceptions(tmp_path: Path, patterns: str, files: list[str]) -> None:
+    root = _tree(tmp_path / "c", {"keep": "k", "dir/keep": "k", "dir/drop": "d", "dir/sub/deep": "x"})
+    ignore = tmp_path / "c.dockerignore"
+    ignore.write_text(patterns)
+    ctx = Context.from_directory(root, dockerfile=tmp_path / "c")
+    assert ctx.files() == files
+
+
+class _Trickle(io.RawIOBase):
+    """A pipe that hands out at most 7 bytes a read."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(7, len(buffer), len(self._data))
+        buffer[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_context_from_stdin_reads_a_pipe_in_small_pieces(tmp_path: Path, gz: bool) -> None:
+    data = _tar({"Dockerfile": "FROM x\n", "big": "y" * 100_000}, gz=gz)
+    ctx, text = Context.from_stdin(_Trickle(data), workdir=tmp_path)  # type: ignore[arg-type]
+    with ctx:
+        assert text is None
+        assert (ctx.root / "big").read_text() == "y" * 100_000
+
+
+def test_context_from_stdin_short_dockerfile(tmp_path: Path) -> None:
+    ctx, text = Context.from_stdin(_Trickle(b"FROM x\n"), workdir=tmp_path)  # type: ignore[arg-type]
+    with ctx:
+        assert text == "FROM x\n"

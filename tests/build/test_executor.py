@@ -315,3 +315,14 @@ def test_context_tar_on_stdin(engine: Engine, tmp_path: Path) -> None:
                           check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     assert cli("run", "--rm", "stdin:1", "cat", "/in.txt").stdout == "from stdin\n"
+
+
+def test_copy_exclude(engine: Engine, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, "# syntax=docker/dockerfile:1.7-labs\nFROM localhost/busybox:latest\n"
+               "COPY --exclude=*.log --exclude=cache src/ /app/\n",
+               {"src/keep.txt": "k", "src/drop.log": "d", "src/cache/x": "x",
+                "src/sub/also.log": "d", "src/sub/kept": "k"})
+    run = build(engine, ctx)
+    members = set(layer_members(engine, run, -1))
+    assert "app/keep.txt" in members and "app/sub/kept" in members
+    assert not {"app/drop.log", "app/cache", "app/cache/x"} & members

@@ -78,7 +78,7 @@ def web(tmp_path: Path) -> Iterator[str]:
     def handler(*args: object) -> _Handler:
         return _Handler(*args, directory=str(served))  # type: ignore[arg-type]
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -98,3 +98,17 @@ def test_add_url(engine: Engine, tmp_path: Path, web: str) -> None:
     engine.unpack(str(run.result.image.image_id), tree)
     assert (tree / "downloads" / "remote.txt").read_text() == "from the web\n"
     assert (tree / "named.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_add_url_checksum_is_verified(engine: Engine, tmp_path: Path, web: str) -> None:
+    import hashlib
+
+    good = "sha256:" + hashlib.sha256(b"from the web\n").hexdigest()
+    ctx = write_context(tmp_path / "sum", {"Dockerfile": (
+        f"FROM localhost/busybox:latest\nADD --checksum={good} {web}/remote.txt /ok.txt\n")})
+    build(engine, ctx)
+    bad = write_context(tmp_path / "bad", {"Dockerfile": (
+        f"FROM localhost/busybox:latest\nADD --checksum=sha256:{'0' * 64} {web}/remote.txt"
+        " /bad.txt\n")})
+    with pytest.raises(InvalidArgument, match="digest mismatch"):
+        build(engine, bad)

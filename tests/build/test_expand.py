@@ -111,6 +111,19 @@ def test_expand(word: str, result: str) -> None:
         ("${DIR%/*}", "/usr/local/lib"),
         ("${FILE#nomatch}", "archive.tar.gz"),
         ("${UNSET#x}", ""),
+        # replacement
+        ("${FILE/tar/zip}", "archive.zip.gz"),
+        ("${FILE/./-}", "archive-tar.gz"),
+        ("${FILE//./-}", "archive-tar-gz"),
+        ("${FILE/a*e/X}", "X.tar.gz"),
+        ("${FILE/?r/_}", "_chive.tar.gz"),
+        ("${FILE/[ct]/_}", "ar_hive.tar.gz"),
+        ("${FILE//[!a.]/}", "a.a."),
+        ("${FILE/nomatch/x}", "archive.tar.gz"),
+        ("${FILE/tar/}", "archive..gz"),
+        ("${PATH//:/ }", "/usr/bin /bin"),
+        ("${FILE/.tar/$A}", "archivea.gz"),
+        ("${UNSET/x/y}", ""),
     ],
     ids=repr,
 )
@@ -134,6 +147,7 @@ def test_expand_modifiers(word: str, result: str) -> None:
         ("${UNSET:?}", "UNSET: is not allowed to be unset"),
         ("${UNSET?custom message}", "UNSET: custom message"),
         ("${EMPTY:?}", "EMPTY: is not allowed to be empty"),
+        ("${A/x}", "missing '/'"),
     ],
     ids=repr,
 )

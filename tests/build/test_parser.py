@@ -572,6 +572,7 @@ def test_parser_healthcheck(line: str, args: tuple[str, ...], json_form: bool) -
 def test_parser_rejects_bad_healthchecks(line: str, message: str) -> None:
     err = _error("FROM a\n" + line + "\n")
     assert message in str(err)
+    assert err.line == 2
 
 
 @pytest.mark.parametrize(
@@ -660,3 +661,20 @@ def test_parser_a_realistic_dockerfile() -> None:
     assert run.args == ("go build -o /out/app .",)
     assert (run.line, run.end_line) == (6, 7)
     assert df.stages[1].instructions[-1].args == ("/app",)
+
+
+def test_parse_instruction_reads_an_onbuild_expression_back() -> None:
+    onbuild = _only("ONBUILD RUN <<EOF\necho hi\nEOF\n")
+    again = parse_instruction(onbuild.args[0])
+    assert onbuild.trigger is not None
+    assert (again.keyword, again.args, again.heredocs) == (
+        onbuild.trigger.keyword,
+        onbuild.trigger.args,
+        onbuild.trigger.heredocs,
+    )
+
+
+def test_parser_unsplittable_line_has_no_heredoc() -> None:
+    ins = _only('RUN echo "<<EOF\n')
+    assert ins.heredocs == ()
+    assert ins.args == ('echo "<<EOF',)

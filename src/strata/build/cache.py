@@ -20,7 +20,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS steps (
     history TEXT NOT NULL,
     created REAL NOT NULL,
     used REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS context_digests (
+    identity TEXT PRIMARY KEY,
+    digest TEXT NOT NULL
 );
 """
 
@@ -163,7 +167,27 @@ class BuildCache:
             used = dict(self._db().execute("SELECT key, used FROM steps").fetchall())
             gone = [r for r in gone if used.get(r.key, 0.0) < cutoff]
         self.delete(r.key for r in gone)
+        if cutoff is None:
+            with self._tx() as db:
+                db.execute("DELETE FROM context_digests")
         return gone
+
+    def file_digests(self) -> dict[str, str]:
+        """The content digests of context files hashed by earlier builds (BuildKit keeps
+        such a memo too), keyed by the file's identity (device, inode, size, mtime and ctime:
+        any write changes the ctime): unchanged files are not read again."""
+        rows = self._db().execute("SELECT identity, digest FROM context_digests").fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def remember_file_digests(self, digests: Mapping[str, str]) -> None:
+        """Add to the memo."""
+        try:
+            with self._tx() as db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO context_digests (identity, digest) VALUES (?, ?)",
+                    list(digests.items()))
+        except sqlite3.Error as exc:
+            raise Unavailable(f"build cache: {exc}", retryable=True) from exc
 
     def roots(self) -> tuple[set[Digest], set[str]]:
         """The layer blobs and snapshot names the records keep alive."""

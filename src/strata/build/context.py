@@ -21,7 +21,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -165,8 +165,19 @@ class Context:
     :meth:`close` (or the end of a ``with`` block).
     """
 
-    def __init__(self, root: Path, rules: IgnoreRules | None = None, *, owned: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        rules: IgnoreRules | None = None,
+        *,
+        owned: bool = False,
+        digest_memo: MutableMapping[str, str] | None = None,
+    ) -> None:
         """A context over ``root`` with ``rules`` (None: no ``.dockerignore``).
+
+        ``digest_memo`` remembers file digests by device, inode, size, mtime and ctime (a
+        dict, or a persistent mapping the caller keeps across builds, as BuildKit keeps its
+        content-hash cache); by default digests are remembered for this context only.
 
         Raises:
             NotFound: ``root`` is not a directory.
@@ -176,19 +187,25 @@ class Context:
         self.root = root.resolve()
         self.rules = rules or IgnoreRules()
         self._owned = owned
-        self._digests: dict[tuple[int, int, int, int, int], str] = {}
+        self._digests: MutableMapping[str, str] = {} if digest_memo is None else digest_memo
 
     # ----------------------------------------------------------------- construction
 
     @classmethod
-    def from_directory(cls, root: Path, *, dockerfile: Path | None = None) -> Context:
+    def from_directory(
+        cls,
+        root: Path,
+        *,
+        dockerfile: Path | None = None,
+        digest_memo: MutableMapping[str, str] | None = None,
+    ) -> Context:
         """The context at ``root``; ``dockerfile`` (if given) picks ``<name>.dockerignore``.
 
         Raises:
             NotFound: ``root`` is not a directory.
             InvalidArgument: a malformed ignore pattern.
         """
-        return cls(root, _rules_for(root, dockerfile))
+        return cls(root, _rules_for(root, dockerfile), digest_memo=digest_memo)
 
     @classmethod
     def from_tar(
@@ -233,9 +250,10 @@ class Context:
             UnsafeArchive: a tar member would escape the context.
             InvalidContent: a truncated or malformed tar.
         """
-        data = stream.read()
-        if _looks_like_archive(data):
-            return cls.from_tar(io.BytesIO(data), workdir=workdir), None
+        head = _read_up_to(stream, 512)
+        if _looks_like_archive(head):
+            return cls.from_tar(io.BufferedReader(_Prefixed(head, stream)), workdir=workdir), None
+        data = head + stream.read()
         tmp = Path(tempfile.mkdtemp(prefix="strata-context-", dir=workdir))
         (tmp / "context").mkdir()
         try:
@@ -309,34 +327,43 @@ class Context:
         A directory that is ignored but holds a re-included path (``!`` exception) is listed
         so that the re-included path has a parent, as docker sends it.
         """
+        for rel, host, st in self._walk_stats(below):
+            yield _entry(rel, host, st)
+
+    def _walk_stats(self, below: str) -> Iterator[tuple[str, str, os.stat_result]]:
         start = go_clean(below.lstrip("/"))
         host = self.host_path(start)
         st = os.lstat(host)
-        if start != "." and self.ignored(start) and not stat.S_ISDIR(st.st_mode):
-            return
         if not stat.S_ISDIR(st.st_mode):
-            yield _entry(start, host, st)
+            if start == "." or not self._ignored_clean(start):
+                yield start, host, st
             return
-        yield from self._walk_dir(start, host, st, force=False)
+        out: list[tuple[str, str, os.stat_result]] = []
+        self._walk_dir(start, host, st, out)
+        yield from out
 
-    def _walk_dir(self, rel: str, host: str, st: os.stat_result, *, force: bool) -> Iterator[ContextEntry]:
-        ignored = rel != "." and self.ignored(rel)
-        children: list[ContextEntry] = []
+    def _ignored_clean(self, rel: str) -> bool:
+        return bool(self.rules) and self.rules.ignored(rel)
+
+    def _walk_dir(
+        self, rel: str, host: str, st: os.stat_result, out: list[tuple[str, str, os.stat_result]]
+    ) -> None:
+        """Append ``rel`` (when visible or a needed parent) and its visible content to ``out``."""
+        ignored = rel != "." and self._ignored_clean(rel)
         if ignored and not self.rules.may_include_below(rel):
             return
+        mark = len(out)
+        out.append((rel, host, st))
         for name in sorted(os.listdir(host)):
             child_rel = name if rel == "." else f"{rel}/{name}"
-            child_host = os.path.join(host, name)
+            child_host = f"{host}/{name}"
             child_st = os.lstat(child_host)
             if stat.S_ISDIR(child_st.st_mode):
-                children.extend(self._walk_dir(child_rel, child_host, child_st, force=False))
-            elif not self.ignored(child_rel):
-                children.append(_entry(child_rel, child_host, child_st))
-        if ignored and not children:
-            return
-        if rel != "." or not ignored:
-            yield _entry(rel, host, st)
-        yield from children
+                self._walk_dir(child_rel, child_host, child_st, out)
+            elif not self._ignored_clean(child_rel):
+                out.append((child_rel, child_host, child_st))
+        if ignored and len(out) == mark + 1:
+            del out[mark]  # an ignored directory with nothing re-included below it
 
     def files(self) -> list[str]:
         """Every visible path, sorted (directories included, the root excluded)."""
@@ -450,10 +477,10 @@ class Context:
             if not stat.S_ISDIR(st.st_mode):
                 self._hash_entry(h, ".", host, st)
                 continue
-            for entry in self.walk(source):
-                rel = os.path.relpath(entry.path, source) if entry.path != source else "."
-                entry_host = self.host_path(entry.path)
-                self._hash_entry(h, rel, entry_host, os.lstat(entry_host) if rel != "." else st)
+            prefix = "" if source == "." else source + "/"
+            for path, entry_host, entry_st in self._walk_stats(source):
+                rel = "." if path == source else path[len(prefix) :]
+                self._hash_entry(h, rel, entry_host, st if rel == "." else entry_st)
         return Digest("sha256", h.hexdigest())
 
     def _hash_entry(self, h: hashlib._Hash, rel: str, host: str, st: os.stat_result) -> None:
@@ -470,7 +497,7 @@ class Context:
         h.update("\0".join(fields).encode("utf-8", "surrogateescape") + b"\n")
 
     def _content_digest(self, host: str, st: os.stat_result) -> str:
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         cached = self._digests.get(key)
         if cached is not None:
             return cached
@@ -520,6 +547,41 @@ def _rules_for(root: Path, dockerfile: Path | None) -> IgnoreRules:
             raise InvalidContent(f"{candidate} is not UTF-8 text", path=str(candidate)) from exc
         return IgnoreRules.parse(text)
     return IgnoreRules()
+
+
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes (fewer only at the end of the stream), however a pipe splits them."""
+    chunks: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` then the rest of ``stream``: a sniffed stream read from its start, unbuffered."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head = head
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._stream.read(len(view))
+        view[: len(data)] = data
+        return len(data)
 
 
 def _looks_like_archive(data: bytes) -> bool:

@@ -546,16 +546,22 @@ def _parse_json(rest: str) -> list[str] | None:
 def _heredoc_words(line: str) -> list[tuple[int | None, bool, str, bool]]:
     """The ``<<WORD`` words of a line: (fd, chomp, name, expand)."""
     out: list[tuple[int | None, bool, str, bool]] = []
-    words = expand_words(line, {}, escape="\\", raw_quotes=True, raw_escapes=True)
+    try:
+        words = expand_words(line, {}, escape="\\", raw_quotes=True, raw_escapes=True)
+    except DockerfileError:
+        return out  # BuildKit ignores a line its lexer cannot split: no heredocs then
     for word in words:
         match = _RE_HEREDOC.match(word)
         if match is None:
             continue
         fd_text, chomp, rest = match.groups()
-        plain = expand_words(rest, {}, escape="\\")
+        try:
+            plain = expand_words(rest, {}, escape="\\")
+            raw = expand_words(rest, {}, escape="\\", raw_quotes=True)
+        except DockerfileError as exc:
+            raise _Fail(exc.reason) from None
         if len(plain) != 1:
             continue
-        raw = expand_words(rest, {}, escape="\\", raw_quotes=True)
         if len(raw) != 1:
             raise _Fail(f"internal lexing of heredoc produced inconsistent results: {rest}")
         quotes = plain[0].count("'") + plain[0].count('"')
@@ -668,7 +674,10 @@ def _healthcheck_args(rest: str, flags: Mapping[str, tuple[str, ...]]) -> tuple[
     for name in ("interval", "timeout", "start-period", "start-interval"):
         value = flags.get(name)
         if value is not None:
-            duration = parse_duration(value[-1])
+            try:
+                duration = parse_duration(value[-1])
+            except DockerfileError as exc:
+                raise _Fail(exc.reason) from None
             if duration != 0 and duration < 1_000_000:
                 raise _Fail(f"Interval {name!r} cannot be less than 1ms")
     retries = flags.get("retries")

@@ -408,6 +408,9 @@ def run_captured(bundle: Path, on_line: Callable[[str], None],
             os.dup2(fd, 0)
             os.dup2(out_w, 1)
             os.dup2(out_w, 2)
+            # other stages' pipes (threads) must not stay open in this process tree
+            os.closerange(3, err_w)
+            os.closerange(err_w + 1, 65536)
             code = run_bundle(bundle)
         except StrataError as exc:
             os.write(err_w, json.dumps({"kind": type(exc).__name__, "message": str(exc)}).encode())

@@ -3,9 +3,10 @@
 This module owns the small shell dialect the Dockerfile frontend understands outside ``RUN``:
 ``$VAR``, ``${VAR}``, ``${VAR:-word}``, ``${VAR-word}``, ``${VAR:+word}``, ``${VAR+word}``,
 ``${VAR:?msg}``, ``${VAR?msg}``, ``${VAR#pat}``, ``${VAR##pat}``, ``${VAR%pat}``,
-``${VAR%%pat}``, nesting inside the ``word``, single quotes (literal), double quotes
-(expanding; the escape character escapes only ``"``, ``$`` and itself), and the escape character
-(``\\`` or the ``# escape=`` directive's) outside quotes.
+``${VAR%%pat}``, ``${VAR/pat/repl}``, ``${VAR//pat/repl}``, nesting inside the ``word``,
+single quotes (literal), double quotes (expanding; the escape character escapes only ``"``,
+``$`` and itself), and the escape character (``\\`` or the ``# escape=`` directive's) outside
+quotes.
 
 It must not know about build state: the caller (the executor) passes the environment in effect
 at the step (build args in use, ``ENV`` so far). It never runs a shell: ``RUN`` in shell form is
@@ -271,6 +272,22 @@ class _Lexer:
                 self.next()
             pattern = self._modifier_word()
             return _remove_affix(value, pattern, prefix=ch == "#", longest=longest)
+        if ch == "/":
+            every = self.peek() == "/"
+            if every:
+                self.next()
+            try:
+                pattern, _ = self.process_stop_on("/")
+            except _ExpansionFailed as exc:
+                raise _ExpansionFailed("syntax error: missing '/' in ${var/pattern/replacement}") from exc
+            replacement = self._modifier_word()
+            regex = re.compile(_glob_regex(pattern), re.DOTALL)
+            if every:
+                return regex.sub(lambda _m: replacement, value)
+            found = regex.search(value)
+            if found is None:
+                return value
+            return value[: found.start()] + replacement + value[found.end() :]
         raise _ExpansionFailed(f"unsupported modifier ({ch}) in substitution")
 
     def _modifier_word(self) -> str:
@@ -298,6 +315,36 @@ def _remove_affix(value: str, pattern: str, *, prefix: bool, longest: bool) -> s
             if regex.match(value[i:]):
                 return value[:i]
     return value
+
+
+def _glob_regex(pattern: str) -> str:
+    """An unanchored regex for a shell glob: ``*`` any run (greedy), ``?`` one character,
+    ``[...]`` a class (``!``/``^`` negate), ``\\`` escapes."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        i += 1
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "\\" and i < len(pattern):
+            out.append(re.escape(pattern[i]))
+            i += 1
+        elif ch == "[":
+            end = pattern.find("]", i + 1 if i < len(pattern) and pattern[i] in "!^" else i)
+            if end < 0:
+                out.append(re.escape(ch))
+                continue
+            body = pattern[i:end]
+            if body[:1] in ("!", "^"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
 
 
 def _check_escape(escape: str) -> None:

@@ -8,13 +8,16 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from strata.build import BuildEvent, BuildOptions
 from strata.cli import render
 from strata.cli.context import engine_of
 from strata.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from strata.build import BuildEvent
 
 __all__ = ["PlainProgress", "register"]
 
@@ -90,6 +93,8 @@ def build_cmd(ctx: click.Context, context: str, tags: tuple[str, ...], dockerfil
               outputs: tuple[str, ...], platform: str | None, iidfile: Path | None,
               quiet: bool, secrets: tuple[str, ...], network: str, progress_mode: str) -> None:
     """Build an image from a Dockerfile."""
+    from strata.build import BuildOptions  # imported when used: CLI start-up time
+
     epoch_text = os.environ.get("SOURCE_DATE_EPOCH")
     args = _build_args(build_args)
     epoch_text = args.get("SOURCE_DATE_EPOCH", epoch_text)

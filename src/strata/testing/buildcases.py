@@ -21,12 +21,15 @@ also exercises ``-f`` outside the context, unless ``case.toml`` names one inside
     ignore_paths = ["data"]               # documented behaviour: left out for it only,
     compare_layers = false                # with the reason
     ignore_config = ["WorkingDir"]
+    compare_xattrs = false
     notes = "buildah creates VOLUME directories"
 
     [prepare]                              # what git cannot hold, made before building
     modes = { "secret" = 0o600 }           # chmod inside the context
     owners = { "f" = "1000:1000" }        # chown inside the context
     mkdirs = ["empty/dir"]                 # empty directories
+    xattrs = { "f" = { "user.k" = "v" } }  # extended attributes
+    hosttools = true                       # context/hosttools/setfattr (see stage_host_tools)
     [prepare.archives."files.tar.gz"]     # a tar made from a context directory
     source = "tarsrc"                     # (removed from the context afterwards if drop)
     compression = "gzip"                  # none | gzip
@@ -63,6 +66,8 @@ image as an OCI layout and umoci unpacks it: every side is read by the same neut
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import hashlib
 import io
@@ -71,7 +76,7 @@ import os
 import shutil
 import tarfile
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +165,10 @@ class Case:
     def secret_files(self) -> dict[str, Path]:
         """``--secret id=ID,src=FILE``: id -> file (beside case.toml, outside the context)."""
         return {str(k): self.directory / str(v) for k, v in self.secrets.items()}
+
+    def xattrs_compared(self, tool: str) -> bool:
+        """Whether extended attributes are compared with ``tool``."""
+        return bool(self.tools.get(tool, {}).get("compare_xattrs", True))
 
     def layers_compared(self, tool: str) -> bool:
         """Whether the layer count is compared with ``tool``."""
@@ -280,6 +289,11 @@ def prepare(case: Case, workdir: Path) -> Prepared:
     for rel, owner in spec.get("owners", {}).items():
         uid, gid = (int(x) for x in str(owner).split(":"))
         os.chown(context / rel, uid, gid, follow_symlinks=False)
+    for rel, attrs in spec.get("xattrs", {}).items():
+        for name, value in attrs.items():
+            os.setxattr(context / rel, name, str(value).encode(), follow_symlinks=False)
+    if spec.get("hosttools", False):
+        baseimages.stage_host_tools(context / "hosttools")
     dockerfile = case.dockerfile
     if case.dockerfile.is_relative_to(case.context):
         dockerfile = context / case.dockerfile.relative_to(case.context)
@@ -299,6 +313,8 @@ class Outcome:
         config: the image config's ``config`` object (docker's ``ContainerConfig`` shape).
         layers: the number of layers (``rootfs.diff_ids``).
         tree: the unpacked rootfs.
+        leaked_mounts: mounts left under the builder's root and work directory afterwards
+            (strata's side only; a build must leave none, failed or not).
     """
 
     ok: bool
@@ -306,6 +322,7 @@ class Outcome:
     config: Mapping[str, Any] = field(default_factory=dict)
     layers: int = 0
     tree: Mapping[str, trees.Node] = field(default_factory=dict)
+    leaked_mounts: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -404,6 +421,7 @@ def _secret_flags(case: Case) -> list[str]:
     return out
 
 
+@functools.cache
 def tool_version(tool: str) -> str:
     """The version line of a reference tool (part of the cache key)."""
     if tool == "buildah":
@@ -435,6 +453,9 @@ def reference_build(
     bases = case.bases()
     base_layouts = {ref: baseimages.BASES[ref](cache_dir) for ref in bases}
     key_src = [_RECIPE, tool, tool_version(tool), _hash_case(case)]
+    if case.prepare.get("hosttools", False):
+        for binary in ("setfattr", "setcap"):
+            key_src.append(hashlib.sha256(Path(tools.require(binary)).read_bytes()).hexdigest())
     for base_ref, layout in base_layouts.items():
         key_src.append(f"{base_ref}={hashlib.sha256((layout / 'index.json').read_bytes()).hexdigest()}")
     key = hashlib.sha256("\0".join(key_src).encode()).hexdigest()[:16]
@@ -577,12 +598,27 @@ def strata_build(case: Case, root: Path, workdir: Path, cache_dir: Path) -> Outc
         finally:
             context.close()
     except StrataError as exc:
-        return Outcome(ok=False, output=str(exc))
+        return Outcome(ok=False, output=str(exc), leaked_mounts=_mounts_under(root, workdir))
+    leaked = _mounts_under(root, workdir)
     layout = workdir / "layout"
     engine.save([ref], layout, format="oci")
     config, layers = _read_layout(layout)
     tree = _unpacked_tree(layout, workdir / "unpacked")
-    return Outcome(ok=True, config=config.get("config") or {}, layers=layers, tree=tree)
+    return Outcome(
+        ok=True, config=config.get("config") or {}, layers=layers, tree=tree, leaked_mounts=leaked
+    )
+
+
+def _mounts_under(*paths: Path) -> tuple[str, ...]:
+    """Mount points at or below ``paths`` (from /proc/self/mountinfo)."""
+    prefixes = [str(p.resolve()) for p in paths]
+    found: list[str] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if any(point == p or point.startswith(p + "/") for p in prefixes):
+                found.append(point)
+    return tuple(sorted(found))
 
 
 # --------------------------------------------------------------------------- comparing
@@ -631,6 +667,9 @@ def compare(case: Case, tool: str, reference: Outcome, strata: Outcome) -> list[
 
     ref_tree = {p: n for p, n in reference.tree.items() if keep(p) and not placeholder(p, n)}
     got_tree = {p: n for p, n in strata.tree.items() if keep(p)}
+    if not case.xattrs_compared(tool):
+        ref_tree = {p: dataclasses.replace(n, xattrs=()) for p, n in ref_tree.items()}
+        got_tree = {p: dataclasses.replace(n, xattrs=()) for p, n in got_tree.items()}
     out += trees.diff(ref_tree, got_tree, labels=(tool, "strata"))
     for name in CONFIG_FIELDS:
         if name in case.ignored_config(tool):
@@ -694,8 +733,3 @@ def _check_node(path: str, node: trees.Node, want: Mapping[str, Any]) -> list[st
 def describe(case: Case) -> str:
     """A one-line label for reports."""
     return f"{case.name}: {case.description}"
-
-
-def names(cases: Sequence[Case]) -> list[str]:
-    """The cases' names, for pytest ids."""
-    return [c.name for c in cases]
