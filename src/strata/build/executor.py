@@ -302,6 +302,7 @@ class StageResult:
     layers: tuple[Descriptor, ...]
     config: ImageConfig
     created: str | None = None
+    args: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -732,7 +733,8 @@ class StageBuilder:
         )
         created = self.history[-1].created if self.new_history and self.history else None
         return StageResult(self.stage.index, self.stage.name, self.key, self.chain,
-                           tuple(self.diff_ids), tuple(self.layers), image, created)
+                           tuple(self.diff_ids), tuple(self.layers), image, created,
+                           dict(self.args))
 
     def _from(self) -> None:
         ws = self.ws
@@ -751,12 +753,15 @@ class StageBuilder:
             self.history = list(dep.config.history)
             self.config = dep.config.config or ContainerConfig()
             self.image = dep.config
+            self.args = dict(dep.args)  # a stage built FROM another inherits its ARGs
+            self.shell = tuple(self.config.shell or _DEFAULT_SHELL)
         elif base == "scratch":
             plat = ws.platform()
             self.key = step_key("", "FROM scratch", str(plat))
             self.image = ImageConfig(architecture=plat.architecture, os=plat.os,
                                      variant=plat.variant, rootfs=_empty_rootfs())
-            self.config = ContainerConfig(env=(f"PATH={runspec.DEFAULT_PATH}",))
+            # BuildKit's empty image: PATH set, working directory "/"
+            self.config = ContainerConfig(env=(f"PATH={runspec.DEFAULT_PATH}",), working_dir="/")
         else:
             try:
                 found = ws.source.base_image(base, platform=platform or ws.settings.platform,
@@ -772,6 +777,7 @@ class StageBuilder:
             self.history = list(found.config.history)
             self.config = found.config.config or ContainerConfig()
             self.image = found.config
+            self.shell = tuple(self.config.shell or _DEFAULT_SHELL)
         self.image = replace(self.image, created=None, author=self.image.author,
                              container=None, container_config=None, docker_version=None,
                              comment=None)
@@ -814,6 +820,8 @@ class StageBuilder:
                 self.ws.used_args.add(key)
             elif sep:
                 value = default
+            elif key in self.args:  # inherited from the stage this one is built FROM
+                value = self.args[key]
             elif key in self.meta_args:
                 value = self.meta_args[key]
             elif key in _PREDEFINED:
@@ -991,7 +999,7 @@ class StageBuilder:
             self.layers.append(record.layer)
             self.chain = record.chain
 
-    def _changeset(self, fill: Callable[[Path], None]) -> _Layer:
+    def _changeset(self, fill: Callable[[Path], None], *, keep_empty: bool = False) -> _Layer:
         """Prepare a snapshot on the current chain, ``fill`` its mounted tree, and turn what
         changed into a layer; returns the new top (the old one when nothing changed)."""
         ws = self.ws
@@ -1010,12 +1018,13 @@ class StageBuilder:
                 with contextlib.suppress(OSError):
                     merged.rmdir()
             _prune_copied_up(mounts[0], self.stub_parents)
-            return self._commit(key, mounts)
+            return self._commit(key, mounts, keep_empty=keep_empty)
         except BaseException:
             ws.drop(key)
             raise
 
-    def _commit(self, key: str, mounts: Sequence[Mount]) -> _Layer:
+    def _commit(self, key: str, mounts: Sequence[Mount], *, keep_empty: bool = False
+                ) -> _Layer:
         ws = self.ws
         ref = f"build-layer-{key}"
         writer = ws.content.writer(ref)
@@ -1034,7 +1043,7 @@ class StageBuilder:
                     stats = diff([lower], Path(first.source), cast(BinaryIO, sink),
                                  upper_is_overlay=False, source_date_epoch=epoch)
             digest, size = sink.finish()
-            if stats.entries == 0:
+            if stats.entries == 0 and not keep_empty:
                 writer.abort()
                 ws.drop(key)
                 return _Layer(self.chain, None, None)
@@ -1508,7 +1517,10 @@ class StageBuilder:
             owner = runspec.resolve_user(root, user) if user else None
             _make_parents(root, _clean_rel(path), (owner.uid, owner.gid) if owner else (0, 0))
 
-        self._cached_or(key, name, lambda _n, _s: self._changeset(fill), f"WORKDIR {path}")
+        # BuildKit (docker 20.10) commits WORKDIR as a layer, empty when the directory exists
+        self._cached_or(key, name,
+                        lambda _n, _s: self._changeset(fill, keep_empty=path != "/"),
+                        f"WORKDIR {path}")
 
 
 # ----------------------------------------------------------------------- small helpers
