@@ -47,6 +47,7 @@ from strata.oci import (
     Manifest,
     Platform,
     Reference,
+    chain_id,
     chain_ids,
     mediatypes,
     parse_any,
@@ -76,6 +77,9 @@ if TYPE_CHECKING:
 else:
     # Imported on first use: ``run``, ``ps``, ``rm`` never need the registry client.
     regclient = deferred_module("strata.registry.client")
+
+if TYPE_CHECKING:  # the builder is imported when a build runs (CLI start-up time)
+    from strata import build as build_pkg
 
 __all__ = [
     "Engine",
@@ -462,6 +466,8 @@ class Engine:
                 return [d.digest for d in parsed.manifests]
             return [parsed.config.digest, *(layer.digest for layer in parsed.layers)]
 
+        if (self.root / "build" / "cache.db").exists():
+            roots.extend(self.build_cache.roots()[0])  # the build cache's layers (builder prune)
         result = content_pkg.collect(self.content, roots, refs, dry_run=dry_run)
         if not dry_run:
             self.images.forget_layers(images_pkg.used_diff_ids(self._all()))
@@ -581,6 +587,130 @@ class Engine:
                    mediatypes.layer_compression(layer.descriptor.media_type))
                   for layer in image.layers()]
         return images_pkg.apply_layers(self.snapshotter, layers, progress=progress)
+
+    # -- building (strata.build) ------------------------------------------------------------
+    @functools.cached_property
+    def build_cache(self) -> build_pkg.BuildCache:
+        """The build cache under ``ROOT/build/cache.db``."""
+        from strata import build as build_pkg
+
+        return build_pkg.BuildCache(self.root / "build" / "cache.db")
+
+    def build(self, options: build_pkg.BuildOptions | build_pkg.BuildRequest, *,
+              progress: build_pkg.BuildProgress | None = None) -> build_pkg.BuildResult:
+        """``build [OPTIONS] CONTEXT|-``: the context (a directory, or a tar or a lone
+        Dockerfile on stdin) and the Dockerfile are read, the build runs into the image store
+        and the ``--output`` destinations; ``--iidfile`` gets the image ID.  A prepared
+        :class:`~strata.build.BuildRequest` (context and Dockerfile already read) is run as
+        it is.
+
+        Raises:
+            DockerfileError: the Dockerfile does not parse or the target does not exist.
+            BuildStepFailed: a step failed.
+            NotFound: the context, the Dockerfile, a base image or a source file is missing.
+            InvalidArgument: a bad option.
+        """
+        from strata import build as build_pkg
+        from strata.build.context import Context
+
+        if isinstance(options, build_pkg.BuildRequest):
+            return self.build_request(options, progress=progress)
+        tags = tuple(Reference.parse(t) for t in options.tags)
+        outputs = tuple(build_pkg.OutputSpec.parse(o) for o in options.outputs)
+        secrets_map = dict(build_pkg.parse_secret(s) for s in options.secrets)
+        platform = Platform.parse(options.platform) if options.platform else None
+        if options.network not in ("default", "host", "none"):
+            raise InvalidArgument(f"--network {options.network!r}: use default, host or none")
+        text: str | None = None
+        memo: dict[str, str] = {}
+        if options.context_stream is not None:
+            context, text = Context.from_stdin(options.context_stream, workdir=self.tmp)
+        elif options.context is not None:
+            # content digests of context files from earlier builds: unchanged files are
+            # not read again to compute the cache keys
+            memo = self.build_cache.file_digests()
+            known = set(memo)
+            context = Context.from_directory(options.context, dockerfile=options.dockerfile,
+                                             digest_memo=memo)
+        else:
+            raise InvalidArgument("build needs a context directory or - for stdin")
+        with context:
+            if text is None:
+                text, name = context.read_dockerfile(options.dockerfile)
+            else:
+                name = "Dockerfile"
+            settings = build_pkg.BuildSettings(
+                build_args=dict(options.build_args), no_cache=options.no_cache,
+                pull=options.pull, platform=platform,
+                source_date_epoch=options.source_date_epoch, secrets=secrets_map,
+                network=options.network)
+            request = build_pkg.BuildRequest(
+                dockerfile=text, dockerfile_path=name, context=context, tags=tags,
+                target=options.target, outputs=outputs, settings=settings)
+            try:
+                result = self.build_request(request, progress=progress)
+            finally:
+                if options.context is not None and memo.keys() - known:
+                    self.build_cache.remember_file_digests(
+                        {k: v for k, v in memo.items() if k not in known})
+        if options.iidfile is not None:
+            options.iidfile.write_text(str(result.image.image_id))
+        return result
+
+    def build_request(self, request: build_pkg.BuildRequest, *,
+                      progress: build_pkg.BuildProgress | None = None) -> build_pkg.BuildResult:
+        """Run a prepared :class:`~strata.build.BuildRequest` (``type=registry`` outputs
+        push the tags afterwards)."""
+        from strata import build as build_pkg
+
+        source = _EngineImages(self)
+        result = build_pkg.build(
+            request, content=self.content, images=self.images, snapshotter=self.snapshotter,
+            cache=self.build_cache, workdir=self.root / "build" / "work", source=source,
+            progress=progress or (lambda _e: None))
+        for spec in request.outputs:
+            if spec.type == "registry":
+                names = [spec.name] if spec.name else [str(t) for t in request.tags]
+                if not names:
+                    raise InvalidArgument("--output type=registry needs -t NAME or name=NAME")
+                for name in names:
+                    if spec.name:
+                        self.images.put(images_pkg.ImageRecord(
+                            str(Reference.parse(name)), result.image.manifest))
+                    self.push(name)
+        return result
+
+    def builder_prune(self) -> PruneReport:
+        """``builder prune``: forget the build cache, then collect what nothing else uses
+        (layer blobs; snapshots no image stands on)."""
+        before = sum(b.size for b in self.content.walk())
+        gone = self.build_cache.prune()
+        kept: set[str] = set()
+        for facts in self._all():
+            kept.update(str(c) for c in chain_ids(facts.config.rootfs.diff_ids))
+        chains = [str(r.chain) for r in gone if r.chain is not None and r.layer is not None]
+        still = {str(r.chain) for r in self.build_cache.walk() if r.chain is not None}
+        for _ in range(len(chains)):  # children first: repeat while something goes
+            removed = False
+            for chain in list(chains):
+                if chain in kept or chain in still:
+                    chains.remove(chain)
+                    continue
+                try:
+                    self.snapshotter.remove(chain)
+                except NotFound:
+                    chains.remove(chain)
+                except FailedPrecondition:
+                    continue
+                else:
+                    chains.remove(chain)
+                    removed = True
+            if not removed:
+                break
+        self.collect_garbage()
+        after = sum(b.size for b in self.content.walk())
+        events = tuple(RemoveEvent("Deleted build cache", r.key) for r in gone)
+        return PruneReport(events, max(0, before - after))
 
     # -- containers (strata.runtime) --------------------------------------------------------
     @functools.cached_property
@@ -1124,6 +1254,40 @@ class Engine:
         except StrataError as exc:
             problems.append(f"{label}: {exc}")
         return problems
+
+
+class _EngineImages:
+    """Base images for builds: the local store first, pulled when missing or with --pull,
+    unpacked into snapshots (one at a time: stages may ask concurrently)."""
+
+    def __init__(self, engine: Engine) -> None:
+        import threading
+
+        self.engine = engine
+        self.lock = threading.Lock()
+
+    def base_image(self, name: str, *, platform: Platform | None,
+                   pull: bool) -> build_pkg.BaseImage:
+        from strata import build as build_pkg
+
+        engine = self.engine
+        with self.lock:
+            if pull:
+                engine.pull(name, platform=platform)
+            try:
+                resolved = engine.resolve(name)
+            except NotFound:
+                engine.pull(name, platform=platform)
+                resolved = engine.resolve(name)
+            image = resolved.image
+            config = image.config()
+            chain = chain_id(config.rootfs.diff_ids)
+            try:
+                if chain is not None:
+                    engine.snapshotter.stat(str(chain))  # unpacked already: nothing to do
+            except NotFound:
+                chain = engine.unpack_snapshots(str(image.id))
+            return build_pkg.BaseImage(image.id, config, tuple(image.manifest().layers), chain)
 
 
 def _image_id(store: content_pkg.LocalStore, record: ImageRecord) -> Digest | None:

@@ -13,6 +13,7 @@ __all__ = [
     "CannotExecute",
     "CommandNotFound",
     "DigestMismatch",
+    "DockerfileError",
     "FailedPrecondition",
     "InvalidArgument",
     "InvalidContent",
@@ -75,6 +76,22 @@ class DigestMismatch(InvalidContent):
         super().__init__(message, path=path)
         self.expected = expected
         self.actual = actual
+
+
+class DockerfileError(InvalidContent):
+    """A Dockerfile (or a build's context) is malformed; ``path`` and ``line`` say where.
+
+    ``str()`` reads ``Dockerfile:3: unknown instruction: FOO`` like a compiler error.
+    """
+
+    def __init__(self, message: str, *, path: str = "Dockerfile", line: int | None = None) -> None:
+        super().__init__(message, path=path, line=line)
+        self.reason = message
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.path}: {self.reason}"
+        return f"{self.path}:{self.line}: {self.reason}"
 
 
 class SizeMismatch(InvalidContent):

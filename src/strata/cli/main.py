@@ -39,6 +39,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "strata.cli.network": ("port",),
     "strata.cli.volume": ("volume",),
     "strata.cli.containers": ("commit", "container", "cp", "diff", "inspect", "top"),
+    "strata.cli.build": ("build", "builder"),
 }
 
 

@@ -392,6 +392,9 @@ def buildah_bud(
     dockerfile: Path | None = None,
     driver: str = "overlay",
     build_args: Mapping[str, str] | None = None,
+    target: str | None = None,
+    image_format: str = "oci",
+    extra: Sequence[str] = (),
 ) -> str:
     """Build a Dockerfile with buildah into a private store, never pulling.
 
@@ -407,6 +410,9 @@ def buildah_bud(
         dockerfile: the Dockerfile (default ``context/Dockerfile``).
         driver: the storage driver.
         build_args: ``--build-arg`` values.
+        target: ``--target`` stage.
+        image_format: ``--format`` (``oci``, or ``docker`` to keep HEALTHCHECK, ONBUILD, SHELL).
+        extra: more ``bud`` flags.
 
     Returns:
         The image ID (config digest, ``sha256:...``).
@@ -430,7 +436,8 @@ def buildah_bud(
             "--cap-add",
             "CAP_MKNOD",
             "--format",
-            "oci",
+            image_format,
+            *extra,
             "--iidfile",
             str(iidfile),
             "-t",
@@ -440,6 +447,8 @@ def buildah_bud(
             cmd += ["-f", str(dockerfile)]
         for key, value in (build_args or {}).items():
             cmd += ["--build-arg", f"{key}={value}"]
+        if target is not None:
+            cmd += ["--target", target]
         cmd.append(str(context))
         run(cmd, env=store.env())
         iid = iidfile.read_text().strip()
@@ -772,9 +781,15 @@ class Dockerd(Service):
             time.sleep(0.2)
 
     def docker(
-        self, *args: str | os.PathLike[str], check: bool = True, input: str | None = None
+        self,
+        *args: str | os.PathLike[str],
+        check: bool = True,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``docker -H unix://SOCK ARGS`` against this daemon.
+
+        ``env`` adds variables (``DOCKER_BUILDKIT=1`` for ``docker build``).
 
         Raises:
             ToolError: the client failed (with ``check``).
@@ -788,6 +803,7 @@ class Dockerd(Service):
                 "DOCKER_HOST": "",
                 "DOCKER_CONTEXT": "",
                 "DOCKER_CLI_HINTS": "false",
+                **(env or {}),
             },
         )
 
