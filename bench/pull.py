@@ -11,13 +11,17 @@ contender once, interleaved, each into a fresh store:
 - **docker**: ``docker pull`` into a private dockerd 20.10 (overlay2); the image is removed,
   untimed, after each round (``--insecure-registry`` is implicit for 127.0.0.1).
 
-Before every contender the bench syncs and waits (up to 5 s) for the machine and the disk to
+The order of the contenders rotates from round to round, so that none always runs right
+after the same neighbour (e.g. after docker's image removal).  Before every contender the
+bench syncs and waits (up to 5 s) for the machine and the disk to
 be quiet, as :mod:`bench.unpack` does: deleting a store of 54k files makes ext4 discard for
 many seconds, which would slow down whoever comes next.  So stores are deleted after the last
 round when the disk has room for all of them (docker's image is removed after each round,
 untimed, or its next pull would find it).  Besides the wall time, each contender's CPU time
 is reported: user+sys of the processes the bench started and their descendants (dockerd's
-included for docker; the registry's excluded).
+included for docker; the registry's excluded).  The bench makes itself a child subreaper so
+that helpers which outlive their parent (strata's extraction workers' forkserver) are still
+counted.
 
 Medians of ``--runs`` rounds and ratios are printed.  Target (issue 3): strata's pull at most
 0.5x the faster of podman and docker.  Exits 0 whether or not it is met, 1 if a tool fails.
@@ -31,6 +35,8 @@ Run from the checkout, as root::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -123,6 +129,25 @@ def _descendants_cpu() -> float:
         if ancestor == me:
             total += value
     return total
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants are reparented to this process (and counted by _tree_cpu)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap_orphans() -> None:
+    """Reap descendants that were reparented here and have exited (their CPU time then
+    moves into RUSAGE_CHILDREN, where _tree_cpu finds it)."""
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
 
 
 def _tree_cpu() -> float:
@@ -233,8 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        "after each contender (not enough free space)"),
                   flush=True)
             quiet = Results()
+            _become_subreaper()
             for round_ in range(args.runs):
-                for c in contenders:
+                shift = round_ % len(contenders)
+                for c in contenders[shift:] + contenders[:shift]:
                     work = scratch / f"{c.name}-{round_}"
                     work.mkdir()
                     _settle(False, quiet, scratch)
@@ -242,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     started = time.perf_counter()
                     c.run(work)
                     c.samples.append(time.perf_counter() - started)
+                    time.sleep(0.5)  # helpers of the contender finish exiting
                     c.cpu.append(_tree_cpu() - cpu0)
+                    _reap_orphans()
                     c.cleanup(work)
                     if not defer:
                         _rm(work)

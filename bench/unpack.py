@@ -17,8 +17,9 @@ What it measures, on one image made once and cached (see :func:`large_image`):
   strata source tree first on ``PYTHONPATH`` (e.g. ``git archive main src``), for an A/B of a
   change in the same interleaved run.
 
-The contenders run interleaved (A B C A B C ...), ``--runs`` rounds, each into fresh
-directories on the filesystem of the cache. Before every contender the bench runs ``sync``
+The contenders run interleaved (A B C, B C A, C A B, ...: the order rotates so that none
+always follows the same neighbour), ``--runs`` rounds, each into fresh directories on the
+filesystem of the cache. Before every contender the bench runs ``sync``
 (and with ``--drop-caches`` drops the page cache), then waits a little for the machine and
 the disk to be quiet; a two-step contender is timed as one pipeline, with nothing between
 its steps. Outputs are deleted outside the timed region: by default once, after the last
@@ -1288,7 +1289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fingerprints.append(_source_fingerprint())
                 got: dict[str, float] = {}
                 line = []
-                for c in contenders:
+                shift = (rnd - 1) % len(contenders)
+                for c in contenders[shift:] + contenders[:shift]:
                     done = _run_contender(
                         c, rnd, results, drop_caches=args.drop_caches, scratch=rdir
                     )

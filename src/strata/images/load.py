@@ -454,7 +454,9 @@ def store_images(
     """
     facts: dict[Digest, LayerFacts] = {}
     jobs: list[tuple[Descriptor, Digest]] = []
+    also: list[tuple[Descriptor, Digest]] = []  # known diff_ids whose blob was scanned anyway
     checked: list[tuple[ImageToStore, Digest]] = []
+    started = scans or {}
     for item in pending:
         raw = item.raw_manifest if item.raw_manifest is not None else content.read(item.manifest.digest)
         manifest = Manifest.parse(raw, f"manifest {item.manifest.digest}")
@@ -470,14 +472,13 @@ def store_images(
                 f" layers, the config {len(config.rootfs.diff_ids)} diff_ids"
             )
         for desc, diff_id in zip(manifest.layers, config.rootfs.diff_ids, strict=True):
-            if diff_id in facts or images.layer(diff_id) is not None:
-                continue
-            if any(j[1] == diff_id for j in jobs):
+            if (diff_id in facts or images.layer(diff_id) is not None
+                    or any(j[1] == diff_id for j in jobs)):
+                if desc.digest in started:
+                    also.append((desc, diff_id))
                 continue
             jobs.append((desc, diff_id))
         checked.append((item, manifest.config.digest))
-
-    started = scans or {}
 
     def run(job: tuple[Descriptor, Digest]) -> LayerFacts:
         desc, diff_id = job
@@ -489,6 +490,8 @@ def store_images(
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
             for result in pool.map(run, jobs):
                 facts[result.diff_id] = result
+    for desc, diff_id in also:  # a scan that found a bad layer is not ignored
+        _check_layer(desc, diff_id, started[desc.digest].result())
 
     records: list[ImageRecord] = []
     loaded: list[LoadedImage] = []
