@@ -11,6 +11,18 @@ contender once, interleaved, each into a fresh store:
 - **docker**: ``docker pull`` into a private dockerd 20.10 (overlay2); the image is removed,
   untimed, after each round (``--insecure-registry`` is implicit for 127.0.0.1).
 
+The order of the contenders rotates from round to round, so that none always runs right
+after the same neighbour (e.g. after docker's image removal).  Before every contender the
+bench syncs and waits (up to 5 s) for the machine and the disk to
+be quiet, as :mod:`bench.unpack` does: deleting a store of 54k files makes ext4 discard for
+many seconds, which would slow down whoever comes next.  So stores are deleted after the last
+round when the disk has room for all of them (docker's image is removed after each round,
+untimed, or its next pull would find it).  Besides the wall time, each contender's CPU time
+is reported: user+sys of the processes the bench started and their descendants (dockerd's
+included for docker; the registry's excluded).  The bench makes itself a child subreaper so
+that helpers which outlive their parent (strata's extraction workers' forkserver) are still
+counted.
+
 Medians of ``--runs`` rounds and ratios are printed.  Target (issue 3): strata's pull at most
 0.5x the faster of podman and docker.  Exits 0 whether or not it is met, 1 if a tool fails.
 
@@ -23,10 +35,13 @@ Run from the checkout, as root::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
+import os
+import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +50,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.unpack import default_cache_dir, large_image
+from bench.unpack import Results, _settle, default_cache_dir, large_image
 from strata.testing import tools
 
 TARGET_RATIO = 0.5
@@ -51,6 +66,7 @@ class Contender:
     run: Callable[[Path], None]
     cleanup: Callable[[Path], None] = field(default=lambda _: None)
     samples: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
 
 def _strata(*args: str | Path, src: Path | None = None) -> None:
@@ -81,6 +97,64 @@ def short_runroot(work: Path) -> Path:
     return path
 
 
+_EXCLUDED = frozenset({"docker-registry", "registry"})  # serves every contender alike
+
+
+def _descendants_cpu() -> float:
+    """CPU seconds (user+sys, their reaped children's included) of this process's live
+    descendants, the registry's excepted; with RUSAGE_CHILDREN, what the contenders used."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        comm = raw[raw.index(b"(") + 1 : raw.rindex(b")")].decode(errors="replace")
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        if comm not in _EXCLUDED:
+            cpu[pid] = sum(int(v) for v in fields[11:15]) / tick
+    me = os.getpid()
+    total = 0.0
+    for pid, value in cpu.items():
+        ancestor = parents.get(pid)
+        while ancestor is not None and ancestor not in (me, 0, 1):
+            ancestor = parents.get(ancestor)
+        if ancestor == me:
+            total += value
+    return total
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants are reparented to this process (and counted by _tree_cpu)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap_orphans() -> None:
+    """Reap descendants that were reparented here and have exited (their CPU time then
+    moves into RUSAGE_CHILDREN, where _tree_cpu finds it)."""
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+
+
+def _tree_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime + _descendants_cpu()
+
+
 def _median(samples: Sequence[float]) -> float | None:
     return statistics.median(samples) if samples else None
 
@@ -89,10 +163,14 @@ def report(contenders: Sequence[Contender], baseline_names: Sequence[str], subje
            target: float, what: str) -> dict[str, object]:
     """Print medians and ratios; returns them for ``--json``."""
     medians = {c.name: _median(c.samples) for c in contenders}
-    print(f"\n{what}: median wall time of {len(contenders[0].samples)} interleaved runs")
+    cpus = {c.name: _median(c.cpu) for c in contenders}
+    print(f"\n{what}: median wall time of {len(contenders[0].samples)} interleaved runs"
+          " (and median CPU time)")
     for c in contenders:
         runs = ", ".join(f"{s:.2f}" for s in c.samples)
-        print(f"  {c.name:14s} {medians[c.name] or float('nan'):8.2f} s   ({runs})")
+        cpu_runs = ", ".join(f"{s:.1f}" for s in c.cpu)
+        print(f"  {c.name:14s} {medians[c.name] or float('nan'):8.2f} s   ({runs})"
+              f"   cpu {cpus[c.name] or float('nan'):6.1f} s ({cpu_runs})")
     ours = medians.get(subject)
     ratios: dict[str, float] = {}
     for c in contenders:
@@ -108,8 +186,9 @@ def report(contenders: Sequence[Contender], baseline_names: Sequence[str], subje
         met = ratio <= target
         print(f"  target: {subject} <= {target}x the faster of {', '.join(baseline_names)}:"
               f" {ratio:.2f}x -> {'met' if met else 'NOT met'}")
-    return {"medians": medians, "ratios": ratios, "target": target, "met": met,
-            "samples": {c.name: c.samples for c in contenders}}
+    return {"medians": medians, "cpu_medians": cpus, "ratios": ratios, "target": target,
+            "met": met, "samples": {c.name: c.samples for c in contenders},
+            "cpu_samples": {c.name: c.cpu for c in contenders}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,19 +250,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                     daemon.docker("image", "prune", "-f", check=False)
                 contenders.append(Contender("docker", docker_pull, docker_clean))
 
+            # A round leaves, per contender but docker, about the compressed blobs and the
+            # unpacked layers.
+            need = args.runs * len(contenders) * (image.compressed + image.uncompressed)
+            defer = shutil.disk_usage(scratch).free > need + (4 << 30)
+            print("stores deleted " + ("after the last round" if defer else
+                                       "after each contender (not enough free space)"),
+                  flush=True)
+            quiet = Results()
+            _become_subreaper()
             for round_ in range(args.runs):
-                for c in contenders:
+                shift = round_ % len(contenders)
+                for c in contenders[shift:] + contenders[:shift]:
                     work = scratch / f"{c.name}-{round_}"
                     work.mkdir()
-                    subprocess.run(["sync"], check=False)
-                    time.sleep(1.0)
+                    _settle(False, quiet, scratch)
+                    cpu0 = _tree_cpu()
                     started = time.perf_counter()
                     c.run(work)
                     c.samples.append(time.perf_counter() - started)
+                    time.sleep(0.5)  # helpers of the contender finish exiting
+                    c.cpu.append(_tree_cpu() - cpu0)
+                    _reap_orphans()
                     c.cleanup(work)
-                    _rm(work)
+                    if not defer:
+                        _rm(work)
                 print(f"round {round_ + 1}: " + ", ".join(
-                    f"{c.name} {c.samples[-1]:.2f}s" for c in contenders), flush=True)
+                    f"{c.name} {c.samples[-1]:.2f}s (cpu {c.cpu[-1]:.1f}s)" for c in contenders),
+                    flush=True)
+            if quiet.not_quiet:
+                print(f"{quiet.not_quiet} contender run(s) started on a busy machine (after"
+                      " waiting 5 s for a quiet one)")
             del reg
             baseline = [c.name for c in contenders if c.name in ("podman", "docker")]
             result = report(contenders, baseline, "strata", TARGET_RATIO, "pull")

@@ -12,10 +12,14 @@ What it measures, on one image made once and cached (see :func:`large_image`):
   parallel worker processes, one directory per layer, committed as chainIDs) — what a pull
   or a ``run`` needs, rather than a plain directory;
 - optionally (``--raw-umoci``) **umoci raw**: ``umoci raw unpack``, which writes the rootfs
-  without the runtime config and the mtree manifest ``umoci unpack`` hashes every file for.
+  without the runtime config and the mtree manifest ``umoci unpack`` hashes every file for;
+- optionally (``--baseline-src DIR``) **strata-base**: the same as **strata** with another
+  strata source tree first on ``PYTHONPATH`` (e.g. ``git archive main src``), for an A/B of a
+  change in the same interleaved run.
 
-The contenders run interleaved (A B C A B C ...), ``--runs`` rounds, each into fresh
-directories on the filesystem of the cache. Before every contender the bench runs ``sync``
+The contenders run interleaved (A B C, B C A, C A B, ...: the order rotates so that none
+always follows the same neighbour), ``--runs`` rounds, each into fresh directories on the
+filesystem of the cache. Before every contender the bench runs ``sync``
 (and with ``--drop-caches`` drops the page cache), then waits a little for the machine and
 the disk to be quiet; a two-step contender is timed as one pipeline, with nothing between
 its steps. Outputs are deleted outside the timed region: by default once, after the last
@@ -773,6 +777,7 @@ class Step:
 
     part: str
     argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # set on top of the bench's environment
 
 
 @dataclass(frozen=True, slots=True)
@@ -813,7 +818,7 @@ class Results:
 
 
 def _contenders(image: ImageInfo, rnd: Path, policy: Path, *, raw_umoci: bool,
-                snapshots: bool = False) -> list[Contender]:
+                snapshots: bool = False, baseline_src: Path | None = None) -> list[Contender]:
     strata = (sys.executable, "-m", "strata", "--root", str(rnd / "strata-root"))
     layout = f"{image.layout}:{image.ref}"
     copied = rnd / "skopeo-layout"
@@ -827,6 +832,23 @@ def _contenders(image: ImageInfo, rnd: Path, policy: Path, *, raw_umoci: bool,
             ),
             rnd / "strata-rootfs",
         ),
+    ]
+    if baseline_src is not None:
+        base = (sys.executable, "-m", "strata", "--root", str(rnd / "strata-base-root"))
+        env = (("PYTHONPATH", str(baseline_src)),)
+        out.append(
+            Contender(
+                "strata-base",
+                "strata-base load+unpack",
+                (
+                    Step("strata-base load", (*base, "load", "-i", str(image.layout)), env),
+                    Step("strata-base unpack",
+                         (*base, "unpack", image.ref, str(rnd / "strata-base-rootfs")), env),
+                ),
+                rnd / "strata-base-rootfs",
+            )
+        )
+    out += [
         Contender(
             "umoci",
             "umoci unpack",
@@ -979,8 +1001,9 @@ def _run_contender(
     for step in c.steps:
         cpu0 = _children_cpu()
         started = time.perf_counter()
+        env = {**os.environ, **dict(step.env)} if step.env else None
         proc = subprocess.run(step.argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, check=False)  # fmt: skip
+                              text=True, check=False, env=env)  # fmt: skip
         elapsed = time.perf_counter() - started
         cpu = _children_cpu() - cpu0
         if proc.returncode != 0:
@@ -1146,6 +1169,9 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("total", "strata", "strata load+unpack"),
     ("part", "strata load", "  strata load"),
     ("part", "strata unpack", "  strata unpack"),
+    ("total", "strata-base", "strata-base load+unpack"),
+    ("part", "strata-base load", "  strata-base load"),
+    ("part", "strata-base unpack", "  strata-base unpack"),
     ("total", "umoci", "umoci unpack"),
     ("total", "pipeline", "skopeo copy + umoci unpack"),
     ("part", "skopeo copy", "  skopeo copy"),
@@ -1193,6 +1219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also time strata load + unpack into overlay snapshots (Engine.unpack_snapshots)",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="A/B: also time the strata of another source tree (its src/ directory, e.g."
+        " from `git archive`), as 'strata-base'",
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the tree comparison")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached image")
     parser.add_argument(
@@ -1229,7 +1262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sync()
         # A round leaves two copies of the blobs (strata's store, skopeo's layout) and three
         # trees (strata's, umoci's, the pipeline's), each at most the layers' tar size.
-        need = args.runs * (2 * image.compressed + 4 * image.uncompressed) + (4 << 30)
+        copies = 3 if args.baseline_src is not None else 2
+        need = args.runs * (copies * image.compressed + (copies + 2) * image.uncompressed) + (4 << 30)
         per_round = args.cleanup == "round" or (
             args.cleanup == "auto" and shutil.disk_usage(runs_dir).free < need
         )
@@ -1250,11 +1284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rdir = work / f"round-{rnd}"
                 rdir.mkdir()
                 contenders = _contenders(image, rdir, policy, raw_umoci=args.raw_umoci,
-                                         snapshots=args.snapshots)
+                                         snapshots=args.snapshots,
+                                         baseline_src=args.baseline_src)
                 fingerprints.append(_source_fingerprint())
                 got: dict[str, float] = {}
                 line = []
-                for c in contenders:
+                shift = (rnd - 1) % len(contenders)
+                for c in contenders[shift:] + contenders[:shift]:
                     done = _run_contender(
                         c, rnd, results, drop_caches=args.drop_caches, scratch=rdir
                     )
@@ -1271,7 +1307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"  note: strata load did not print 'Loaded image: {image.ref}'"
                               f" (stdout: {done[2].strip()[:300]!r})")  # fmt: skip
                 if "strata" in got:
-                    for other in ("umoci", "pipeline"):
+                    for other in ("umoci", "pipeline", "strata-base"):
                         if other in got:
                             results.paired.setdefault(other, []).append(got["strata"] / got[other])
                 if len(fingerprints) > 1 and fingerprints[-1] != fingerprints[-2]:
@@ -1381,6 +1417,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.raw_umoci:
         print(f"ratio strata/umoci raw unpack: {_fmt_ratio(ratios['strata/umoci raw'])}")
+    if args.baseline_src is not None:
+        base_t = results.totals.get("strata-base")
+        ratios["strata/strata-base"] = _ratio(strata_t, base_t)
+        ratios["strata-base/umoci"] = _ratio(base_t, results.totals.get("umoci"))
+        cpu_ratios["strata/strata-base"] = _ratio(results.cpu_totals.get("strata"),
+                                                  results.cpu_totals.get("strata-base"))
+        print(f"A/B: strata/strata-base {_fmt_ratio(ratios['strata/strata-base'])} wall"
+              f" (median of per-round ratios {_fmt_ratio(paired.get('strata-base'))}),"
+              f" {_fmt_ratio(cpu_ratios['strata/strata-base'])} cpu;"
+              f" strata-base/umoci {_fmt_ratio(ratios['strata-base/umoci'])}")
     if args.snapshots:
         umoci_times = results.totals.get("umoci")
         snap_total = _ratio(results.totals.get("strata-snap"), umoci_times)

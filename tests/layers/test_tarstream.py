@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,82 @@ def test_writer_output_reads_back_everywhere() -> None:
     # a ustar prefix split, as Go writes it, for the long directory name
     assert data[345 : 345 + 90] == b"d" * 90 and data[:90] == b"e" * 90
     assert data[148:156] == b"%06o\x00 " % int(data[148:154], 8)
+
+
+class _Chunks(io.RawIOBase):
+    """A stream handing out ``data`` in pieces of odd sizes, then failing if asked to."""
+
+    def __init__(self, data: bytes, piece: int, fail_at: int | None = None) -> None:
+        super().__init__()
+        self._data = data
+        self._pos = 0
+        self._piece = piece
+        self._fail_at = fail_at
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._fail_at is not None and self._pos >= self._fail_at:
+            raise InvalidContent("corrupt gzip stream in layer (test)")
+        want = self._piece if size is None or size < 0 else min(size, self._piece)
+        chunk = self._data[self._pos : self._pos + want]
+        self._pos += len(chunk)
+        return chunk
+
+
+def _read_all(reader: TarReader) -> list[tuple[str, int, bytes]]:
+    out = []
+    while (member := reader.next()) is not None:
+        r, w = os.pipe()
+        try:
+            if member.size <= 60_000:  # fits the pipe
+                reader.copy_to_fd(w)
+                os.close(w)
+                w = -1
+                data = os.read(r, 65536)
+            else:
+                reader.skip()
+                data = b""
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        out.append((member.name, member.size, data))
+    return out
+
+
+def test_prefetching_reader_reads_and_hashes_like_the_plain_one() -> None:
+    # Members straddle the chunks the thread reads (odd piece sizes, headers cut in two).
+    entries = [Entry(f"d/f{i}", data=os.urandom(i * 97 % 5000)) for i in range(300)]
+    entries.append(Entry("d/big", data=os.urandom(3 << 20)))
+    entries += [Entry(f"e/{'n' * 150}{i}", data=b"x" * i) for i in range(50)]
+    data = build(entries)
+    plain = TarReader(io.BytesIO(data))
+    expected = _read_all(plain)
+    expected_sum = plain.finish()
+    for piece in (511, 4093, 1 << 20):
+        with TarReader(_Chunks(data, piece), prefetch=True) as reader:  # type: ignore[arg-type]
+            assert _read_all(reader) == expected
+            assert reader.finish() == expected_sum
+    assert expected_sum[1] == len(data)
+
+
+def test_prefetching_reader_raises_the_stream_error_where_it_happened() -> None:
+    data = build([Entry(f"f{i}", data=b"%d" % i * 1000) for i in range(2000)])
+    fail_at = len(data) // 2
+    with TarReader(_Chunks(data, 4096, fail_at), prefetch=True) as reader:  # type: ignore[arg-type]
+        seen = 0
+        with pytest.raises(InvalidContent, match="corrupt gzip stream"):
+            while reader.next() is not None:
+                reader.skip()
+                seen += 1
+        assert 0 < seen < 2000  # the members before the failure were read
+
+
+def test_prefetching_reader_stops_its_thread_when_closed_early() -> None:
+    data = build([Entry(f"f{i}", data=os.urandom(4096)) for i in range(5000)])  # ~22 MiB
+    reader = TarReader(_Chunks(data, 1 << 20), prefetch=True)  # type: ignore[arg-type]
+    assert reader.next() is not None
+    reader.close()
+    assert not [t for t in threading.enumerate() if t.name == "strata-tar-read"]

@@ -7,6 +7,10 @@ the root and their diff_ids must match the config) before any image record is wr
 transaction at the end.  On failure the blobs this load added are removed again, so a failed
 load changes nothing; a load killed mid-way leaves only unreferenced blobs and resumable
 ingests, and running it again finishes it.
+
+The layer checks overlap with the copying: as soon as a layer blob of an OCI layout is in the
+store, a thread starts reading it (decompression, hashing and file syscalls release the GIL),
+while the next blobs are copied.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import posixpath
 import tarfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -30,7 +34,7 @@ from strata.errors import (
     StrataError,
 )
 from strata.images.store import ImageRecord, ImageStore, LayerFacts
-from strata.layers import open_decompressed, scan, sniff_compression
+from strata.layers import LayerStats, open_decompressed, scan, sniff_compression
 from strata.oci import (
     Descriptor,
     Digest,
@@ -113,10 +117,20 @@ def detect_format(path: Path) -> str:
 class _Session:
     """One load: ingests under a lease, remembers what it added, rolls back on failure."""
 
-    def __init__(self, content: LocalStore, progress: Progress) -> None:
+    def __init__(self, content: LocalStore, progress: Progress,
+                 scanner: ThreadPoolExecutor | None = None) -> None:
         self.content = content
         self.progress = progress
         self.added: list[Digest] = []
+        self.scanner = scanner
+        self.scans: dict[Digest, Future[LayerStats]] = {}
+
+    def prescan(self, desc: Descriptor) -> None:
+        """Start checking a layer blob this load added, while the load goes on."""
+        if self.scanner is None or desc.digest in self.scans or desc.digest not in self.added:
+            return
+        self.scans[desc.digest] = self.scanner.submit(_scan_blob, self.content, desc,
+                                                      self.progress)
 
     def ingest(self, stream: BinaryIO, expected: Descriptor | None, what: str, *,
                resumable: bool = False) -> Descriptor:
@@ -201,6 +215,8 @@ def _load_oci_dir(session: _Session, root: Path, platform: Platform | None) -> l
                 session.ingest(f, desc, desc.digest.short(), resumable=True)
         except FileNotFoundError as exc:
             raise NotFound(f"the layout names blob {desc.digest} but {path} does not exist") from exc
+        if mediatypes.is_layer(desc.media_type):
+            session.prescan(desc)
 
     index_raw = (root / "index.json").read_bytes()
     return _walk_index(session, index_raw, fetch, platform, "index.json")
@@ -391,10 +407,16 @@ def _docker_archive_images(session: _Session, contents: _TarContents) -> list[Im
 # -- validation and commit ---------------------------------------------------------------
 
 
-def _scan_layer(content: LocalStore, desc: Descriptor, diff_id: Digest) -> LayerFacts:
+def _scan_blob(content: LocalStore, desc: Descriptor, progress: Progress) -> LayerStats:
+    progress(ProgressEvent(desc.digest.short(), Stage.VERIFYING, 0, desc.size))
     compression = mediatypes.layer_compression(desc.media_type)
-    with open_decompressed(content.open(desc.digest), compression) as stream:
+    with content.open(desc.digest) as blob, open_decompressed(blob, compression) as stream:
         stats = scan(stream)
+    progress(ProgressEvent(desc.digest.short(), Stage.DONE, desc.size, desc.size))
+    return stats
+
+
+def _check_layer(desc: Descriptor, diff_id: Digest, stats: LayerStats) -> LayerFacts:
     if stats.diff_id != diff_id:
         raise DigestMismatch(
             f"layer {desc.digest}: its content has diff_id {stats.diff_id}, the config says"
@@ -412,8 +434,18 @@ def store_images(
     *,
     progress: Progress = no_progress,
     workers: int = 2,
+    scans: dict[Digest, Future[LayerStats]] | None = None,
 ) -> list[LoadedImage]:
     """Validate images whose blobs are in ``content`` and write their records at once.
+
+    Args:
+        content: the blob store holding every blob of ``pending``.
+        images: the image store the records go to.
+        pending: the images to validate and name.
+        progress: per-layer VERIFYING / DONE events.
+        workers: layers scanned at once.
+        scans: layer scans already started, by blob digest (their results are checked
+            against the config like the others).
 
     Raises:
         InvalidContent: a manifest or config is malformed, a layer is unsafe or does not
@@ -422,7 +454,9 @@ def store_images(
     """
     facts: dict[Digest, LayerFacts] = {}
     jobs: list[tuple[Descriptor, Digest]] = []
+    also: list[tuple[Descriptor, Digest]] = []  # known diff_ids whose blob was scanned anyway
     checked: list[tuple[ImageToStore, Digest]] = []
+    started = scans or {}
     for item in pending:
         raw = item.raw_manifest if item.raw_manifest is not None else content.read(item.manifest.digest)
         manifest = Manifest.parse(raw, f"manifest {item.manifest.digest}")
@@ -438,24 +472,26 @@ def store_images(
                 f" layers, the config {len(config.rootfs.diff_ids)} diff_ids"
             )
         for desc, diff_id in zip(manifest.layers, config.rootfs.diff_ids, strict=True):
-            if diff_id in facts or images.layer(diff_id) is not None:
-                continue
-            if any(j[1] == diff_id for j in jobs):
+            if (diff_id in facts or images.layer(diff_id) is not None
+                    or any(j[1] == diff_id for j in jobs)):
+                if desc.digest in started:
+                    also.append((desc, diff_id))
                 continue
             jobs.append((desc, diff_id))
         checked.append((item, manifest.config.digest))
 
     def run(job: tuple[Descriptor, Digest]) -> LayerFacts:
         desc, diff_id = job
-        progress(ProgressEvent(desc.digest.short(), Stage.VERIFYING, 0, desc.size))
-        result = _scan_layer(content, desc, diff_id)
-        progress(ProgressEvent(desc.digest.short(), Stage.DONE, desc.size, desc.size))
-        return result
+        future = started.get(desc.digest)
+        stats = future.result() if future is not None else _scan_blob(content, desc, progress)
+        return _check_layer(desc, diff_id, stats)
 
     if jobs:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
             for result in pool.map(run, jobs):
                 facts[result.diff_id] = result
+    for desc, diff_id in also:  # a scan that found a bad layer is not ignored
+        _check_layer(desc, diff_id, started[desc.digest].result())
 
     records: list[ImageRecord] = []
     loaded: list[LoadedImage] = []
@@ -499,7 +535,8 @@ def load(
             UnsafeArchive name the blob or member at fault); nothing is stored.
         NotFound: the source or a blob it names is missing; nothing is stored.
     """
-    session = _Session(content, progress)
+    scanner = ThreadPoolExecutor(max_workers=2, thread_name_prefix="strata-load-scan")
+    session = _Session(content, progress, scanner)
     with content.lease(label="load") as lease:
         try:
             if isinstance(source, Path) and detect_format(source) == "oci-dir":
@@ -513,7 +550,11 @@ def load(
                 pending = _archive_images(session, contents, platform)
             if not pending:
                 raise InvalidContent("the source holds no image")
-            return store_images(content, images, pending, progress=progress)
+            return store_images(content, images, pending, progress=progress,
+                                scans=session.scans)
         except BaseException:
+            scanner.shutdown(wait=True, cancel_futures=True)  # nothing reads a blob any more
             session.rollback(lease.id)
             raise
+        finally:
+            scanner.shutdown(wait=True, cancel_futures=True)

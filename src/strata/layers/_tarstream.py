@@ -7,14 +7,16 @@ layer's diff_id is computed over exactly the stream; :class:`TarWriter` writes d
 PAX-format archives and hashes what it writes.
 
 This module does no filesystem I/O of its own (it writes member data to a file descriptor the
-caller opened) and never reads more than one buffer of the stream into memory.
+caller opened) and never reads more than a few buffers of the stream into memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
@@ -169,6 +171,74 @@ def _parse_pax(data: bytes, offset: int) -> dict[bytes, bytes]:
     return records
 
 
+class _Prefetch:
+    """Reads a stream ahead in a thread, hashing what it reads, a few chunks at most.
+
+    Reading the (decompressing) stream and hashing its bytes release the GIL, so they run
+    beside the tar parsing and the file writes of the thread that consumes the chunks.  A
+    failure of the stream is raised by :meth:`read` where it happened in the stream.
+    """
+
+    __slots__ = ("_ended", "_queue", "_stop", "_stream", "_thread", "hash")
+
+    def __init__(self, stream: BinaryIO, depth: int) -> None:
+        self._stream = stream
+        self.hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stop = False
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="strata-tar-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        stream = self._stream
+        update = self.hash.update
+        try:
+            while not self._stop:
+                try:
+                    data = stream.read(_CHUNK)
+                except OSError as exc:
+                    raise Unavailable(f"reading layer stream failed: {exc}", retryable=False) from exc
+                if data:
+                    update(data)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the consuming thread
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self) -> bytes:
+        """The next chunk (b"" at the end of the stream)."""
+        if self._ended:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        if not item:
+            self._ended = True
+        return item
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (it ends once a pending read of the stream returns)."""
+        self._stop = True
+        while self._thread.is_alive():
+            try:
+                while True:
+                    self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(0.05)
+
+
 class TarReader:
     """Reads members from an uncompressed tar stream, hashing every byte read.
 
@@ -178,7 +248,9 @@ class TarReader:
 
     Usage: call :meth:`next` until it returns None, consuming each regular member's data with
     :meth:`copy_to_fd` or :meth:`skip` (an unconsumed remainder is skipped by :meth:`next`), then
-    :meth:`finish` to hash the rest of the stream.
+    :meth:`finish` to hash the rest of the stream.  With ``prefetch``, a thread reads (and so
+    decompresses) and hashes the stream ahead of the parsing: :meth:`close` stops it, so use
+    the reader as a context manager.
     """
 
     __slots__ = (
@@ -189,13 +261,19 @@ class TarReader:
         "_pending",
         "_pending_name",
         "_pos",
+        "_prefetch",
         "_stream",
         "size",
     )
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, *, prefetch: bool = False) -> None:
+        """Args:
+        stream: the uncompressed tar stream, read once, sequentially.
+        prefetch: read and hash it in a thread, at most 8 chunks (8 MiB) ahead.
+        """
         self._stream = stream
         self._hash = hashlib.sha256()
+        self._prefetch = _Prefetch(stream, 8) if prefetch else None
         self.size = 0
         self._buf = b""
         self._pos = 0
@@ -204,9 +282,25 @@ class TarReader:
         self._pending_name = ""
         self._done = False
 
+    def close(self) -> None:
+        """Stop reading ahead (idempotent; the reader is unusable afterwards)."""
+        if self._prefetch is not None:
+            self._prefetch.close()
+
+    def __enter__(self) -> TarReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- raw stream -------------------------------------------------------------------------
 
     def _read_stream(self, n: int) -> bytes:
+        prefetch = self._prefetch
+        if prefetch is not None:
+            data = prefetch.read()
+            self.size += len(data)
+            return data
         try:
             data = self._stream.read(n)
         except OSError as exc:
@@ -223,9 +317,17 @@ class TarReader:
         if end <= len(self._buf):
             self._pos = end
             return self._buf[pos:end]
-        parts = [self._buf[pos:]]
-        have = len(self._buf) - pos
-        while have < n:
+        head = self._buf[pos:]
+        have = len(head)
+        data = self._read_stream(_CHUNK)
+        if have + len(data) >= n:  # the usual case: copy only what is asked for
+            need = n - have
+            self._buf = data
+            self._pos = need
+            return head + data[:need] if have else data[:need]
+        parts = [head, data]
+        have += len(data)
+        while data and have < n:
             data = self._read_stream(_CHUNK)
             if not data:
                 break
@@ -524,7 +626,11 @@ class TarReader:
         self._pos = 0
         while self._read_stream(_CHUNK):
             pass
-        return Digest(SHA256, self._hash.hexdigest()), self.size
+        digest = self._hash
+        if self._prefetch is not None:
+            self._prefetch.close()  # it has read to the end: the thread is done
+            digest = self._prefetch.hash
+        return Digest(SHA256, digest.hexdigest()), self.size
 
 
 def _pax_int(value: bytes, what: str, offset: int) -> int:

@@ -433,20 +433,20 @@ def apply(root: Path, tar: BinaryIO, options: ApplyOptions | None = None) -> Lay
     if not stat.S_ISDIR(root_st.st_mode):
         raise InvalidArgument(f"apply target {root_path} is not a directory")
     applier = _Applier(root_path, opts)
-    reader = _TarReader(tar)
     entries = 0
-    while True:
-        member = reader.next()
-        if member is None:
-            break
-        entries += 1
-        try:
-            applier.member(member, reader)
-        except OSError as exc:
-            raise _os_error(member.name, exc) from exc
-        except ValueError as exc:  # e.g. an embedded NUL os refuses
-            raise UnsafeArchive(member.name, str(exc)) from exc
-    diff_id, size = reader.finish()
+    with _TarReader(tar, prefetch=True) as reader:
+        while True:
+            member = reader.next()
+            if member is None:
+                break
+            entries += 1
+            try:
+                applier.member(member, reader)
+            except OSError as exc:
+                raise _os_error(member.name, exc) from exc
+            except ValueError as exc:  # e.g. an embedded NUL os refuses
+                raise UnsafeArchive(member.name, str(exc)) from exc
+        diff_id, size = reader.finish()
     try:
         applier.restore_dir_times()
     except OSError as exc:

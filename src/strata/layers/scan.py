@@ -215,16 +215,16 @@ def scan(tar: BinaryIO) -> LayerStats:
         UnsafeArchive: a member :func:`apply` would refuse.
         InvalidContent: the tar is truncated or malformed (or the decompression failed).
     """
-    reader = _TarReader(tar)
     usage = _DiskUsage()
     entries = 0
-    while (member := reader.next()) is not None:
-        entries += 1
-        name, parent, _, target, link = _check(member, True)
-        if target is not None:
-            if target:
-                usage.whiteout(_join(parent, target))
-            continue
-        _account(usage, member, name, link)
-    diff_id, size = reader.finish()
+    with _TarReader(tar, prefetch=True) as reader:
+        while (member := reader.next()) is not None:
+            entries += 1
+            name, parent, _, target, link = _check(member, True)
+            if target is not None:
+                if target:
+                    usage.whiteout(_join(parent, target))
+                continue
+            _account(usage, member, name, link)
+        diff_id, size = reader.finish()
     return LayerStats(diff_id=diff_id, size=size, entries=entries, disk_size=usage.total())
