@@ -471,7 +471,47 @@ class Engine:
         result = content_pkg.collect(self.content, roots, refs, dry_run=dry_run)
         if not dry_run:
             self.images.forget_layers(images_pkg.used_diff_ids(self._all()))
+            if (self.root / "snapshots").exists():
+                self._collect_snapshots()
         return result
+
+    def _collect_snapshots(self) -> int:
+        """Remove committed snapshots nothing stands on: docker deletes an image's layers
+        with the image. Kept: every image's layer chain, the build cache's chains, the init
+        layer of a kept image, and anything a container or another snapshot stacks on (the
+        snapshotter refuses to remove a parent). Skipped entirely while another process
+        holds a content lease: a pull or load commits snapshots before it records the image.
+
+        Returns:
+            How many snapshots were removed.
+        """
+        if self.content.leases.protected():
+            return 0
+        keep: set[str] = set()
+        for facts in self._all():
+            keep.update(str(c) for c in chain_ids(facts.config.rootfs.diff_ids))
+        if (self.root / "build" / "cache.db").exists():
+            keep.update(self.build_cache.roots()[1])
+        candidates = [info for info in self.snapshotter.walk()
+                      if info.kind is Kind.COMMITTED and info.name not in keep
+                      and not (info.parent in keep and info.name.startswith("init-v"))]
+        removed = 0
+        while candidates:  # children before parents: repeat while something goes
+            progress = False
+            for info in list(candidates):
+                try:
+                    self.snapshotter.remove(info.name)
+                except NotFound:
+                    candidates.remove(info)
+                except FailedPrecondition:
+                    continue  # a container or another snapshot stands on it
+                else:
+                    candidates.remove(info)
+                    removed += 1
+                    progress = True
+            if not progress:
+                break
+        return removed
 
     # -- moving images in and out -------------------------------------------------------
     def load(self, source: Path | BinaryIO, *, platform: Platform | None = None,
