@@ -2,12 +2,18 @@
 # strata demo: make a busybox base image offline, import it, tag it, list it, show its
 # history and disk usage, save it as an OCI layout, read it back with skopeo and umoci,
 # round-trip it through a docker-archive into a second store, then serve it from strata's
-# embedded registry: push, pull into a third store, and read it back with skopeo.
+# embedded registry: push, pull into a third store, and read it back with skopeo; build a
+# web image from a Dockerfile on that base, run it detached with a published port, read
+# its page and logs, exec into it, stop it, and look at its changes.
 set -eu
 cd "$(dirname "$0")/.."
 STRATA="$PWD/.venv/bin/strata"
 DEMO="$PWD/.demo"
 ROOT="$DEMO/root"
+if [ -d "$ROOT" ]; then  # a previous demo's containers (and their mounts) go first
+    ids=$("$STRATA" --root "$ROOT" ps -aq 2>/dev/null || true)
+    [ -z "$ids" ] || "$STRATA" --root "$ROOT" rm -f $ids >/dev/null 2>&1 || true
+fi
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 export STRATA_ROOT="$ROOT"
@@ -98,6 +104,49 @@ else
     echo "the pulled image's rootfs DIFFERS from umoci's" >&2
     exit 1
 fi
+
+step "strata build -t demo/web:1 (a Dockerfile on the busybox image)"
+CTX="$DEMO/web"
+mkdir -p "$CTX"
+echo "greetings from a strata build" > "$CTX/greeting.txt"
+echo "notes.txt" > "$CTX/.dockerignore"
+echo "ignored" > "$CTX/notes.txt"
+cat > "$CTX/Dockerfile" <<'EOF'
+FROM localhost/busybox:latest
+ARG PAGE="hello from strata"
+RUN mkdir -p /www && echo "$PAGE" > /www/index.html
+COPY greeting.txt /www/
+WORKDIR /www
+EXPOSE 8080
+CMD ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
+EOF
+"$STRATA" build -t demo/web:1 "$CTX"
+
+step "strata build again: every step is CACHED"
+"$STRATA" build -t demo/web:1 "$CTX"
+"$STRATA" history demo/web:1
+
+step "strata run -d -p HOST:8080 demo/web:1, then curl it"
+WEB_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+trap 'kill $REG_PID 2>/dev/null || true; "$STRATA" rm -f demo-web >/dev/null 2>&1 || true' EXIT
+"$STRATA" run -d --name demo-web -p "127.0.0.1:$WEB_PORT:8080" demo/web:1
+i=0
+until curl -fsS "http://127.0.0.1:$WEB_PORT/" 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 100 ] || { "$STRATA" logs demo-web >&2; exit 1; }
+    sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$WEB_PORT/greeting.txt"
+"$STRATA" ps
+
+step "strata exec demo-web: write a file; strata logs; strata stop; strata diff"
+"$STRATA" exec demo-web sh -c 'echo written at run time > /www/run.txt; ls /www; hostname'
+"$STRATA" logs --tail 2 demo-web
+"$STRATA" stop -t 2 demo-web
+"$STRATA" diff demo-web
+"$STRATA" rm demo-web
+
+step "strata run --rm: the built image's config and files"
+"$STRATA" run --rm --network none demo/web:1 sh -c 'pwd; cat greeting.txt; ls -a /www'
 
 step "strata system fsck"
 "$STRATA" system fsck
