@@ -653,6 +653,37 @@ def _exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+
+def read_to_end(fd: int) -> bytes:
+    """Everything readable from ``fd`` until end of file; ``fd`` is closed."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def wait_forwarding(pid: int) -> int:
+    """Wait for child ``pid``, passing SIGINT, SIGTERM and SIGHUP on to it meanwhile (the
+    handlers are restored after); its wait status."""
+    old = {s: signal.signal(s, lambda n, _f: os.kill(pid, n))
+           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except InterruptedError:
+                continue
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
 def run_bundle(bundle: Path, *, rootfs_mounts: Sequence[Mount] = (),
                on_start: Callable[[int], None] | None = None,
                on_exec: Callable[[int], None] | None = None,
@@ -730,34 +761,14 @@ def run_bundle(bundle: Path, *, rootfs_mounts: Sequence[Mount] = (),
             os.close(down_w)
     if on_start is not None:
         on_start(pid)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(read_fd, 65536)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
+    reported = read_to_end(read_fd)
     if console_fd is not None:
         os.close(console_fd)
-    if not chunks and on_exec is not None:
+    if not reported and on_exec is not None:
         on_exec(_init_pid(pid))
-    old = {s: signal.signal(s, lambda n, _f: os.kill(pid, n))
-           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if chunks:
-        report = json.loads(b"".join(chunks))
+    status = wait_forwarding(pid)
+    if reported:
+        report = json.loads(reported)
         message = f"unable to start container process: {report['message']}"
         if report["kind"] == "notfound":
             raise CommandNotFound(message)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from strata.errors import CannotExecute, CommandNotFound, InvalidArgument, StrataError
-from strata.runtime import builtin
+from strata.runtime import builtin, oci
 from strata.runtime import pty as ptys
 
 __all__ = ["ExecOptions", "exec_builtin", "exec_oci", "process_of"]
@@ -301,33 +301,15 @@ def exec_builtin(spec: Mapping[str, Any], process: Mapping[str, Any], pid: int, 
         os.close(console_theirs)
         relay = threading.Thread(target=_console, args=(console_ours, on_console), daemon=True)
         relay.start()
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(read_fd, 65536)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
-    old = {s: signal.signal(s, lambda n, _f: os.kill(child, n))
-           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    reported = builtin.read_to_end(read_fd)
     try:
-        while True:
-            try:
-                _, status = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
+        waited = builtin.wait_forwarding(child)
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
         if relay is not None:
             relay.join(timeout=5)
-    if chunks:
-        _raise(json.loads(b"".join(chunks)))
-    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    if reported:
+        _raise(json.loads(reported))
+    return 128 + os.WTERMSIG(waited) if os.WIFSIGNALED(waited) else os.WEXITSTATUS(waited)
 
 
 def _console(sock: socket.socket, on_console: Callable[[int], None] | None) -> None:
@@ -391,7 +373,7 @@ def exec_oci(runtime: str, state_root: Path, container_id: str, process: Mapping
                 signal.signal(s, handler)
         if relay is not None:
             relay.join(timeout=5)
-        message = _log_error(log)
+        message = oci.log_error(log)
         if message and code in (1, 255):
             for prefix in ("runc exec failed: ", "crun exec failed: ", "exec failed: ",
                            "unable to start container process: "):
@@ -406,19 +388,3 @@ def exec_oci(runtime: str, state_root: Path, container_id: str, process: Mapping
             console.close()
         for path in (process_file, log):
             path.unlink(missing_ok=True)
-
-
-def _log_error(log: Path) -> str:
-    message = ""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return message
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("level") in ("error", "fatal") and entry.get("msg"):
-            message = str(entry["msg"])
-    return message

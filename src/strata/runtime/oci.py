@@ -31,7 +31,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)  # libc, already loaded (find_library runs ldconfig)
 
 
-def _log_error(log: Path) -> str:
+def log_error(log: Path) -> str:
+    """The last error an OCI runtime wrote to its JSON ``--log`` file ("" if none)."""
     message = ""
     try:
         lines = log.read_text(errors="replace").splitlines()
@@ -128,7 +129,7 @@ def run_with(runtime: str, bundle: Path, container_id: str, state_root: Path, *,
         os.close(err_read)
         subprocess.run([*base, "delete", "--force", container_id], capture_output=True,
                        check=False)
-        message = _log_error(log) or f"{runtime} create failed"
+        message = log_error(log) or f"{runtime} create failed"
         for prefix in ("runc create failed: ", "crun create failed: "):
             message = message.removeprefix(prefix)
         if "executable file not found" in message or "no such file or directory" in message:
@@ -157,7 +158,7 @@ def run_with(runtime: str, bundle: Path, container_id: str, state_root: Path, *,
                 continue
         if started.returncode != 0:
             raise StrataError(f"{runtime} start failed: "
-                              f"{_log_error(log) or started.stderr.decode(errors='replace')}")
+                              f"{log_error(log) or started.stderr.decode(errors='replace')}")
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
