@@ -31,9 +31,7 @@ def loaded_root(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path) 
     root = tmp_path_factory.mktemp("runtime") / "root"
     tools.StrataCLI(root)("load", "-i", busybox_layout)
     yield root
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith(str(root))]
-    assert mounted == [], f"mounts left behind: {mounted}"
+    tools.assert_no_mounts_under(root)
 
 
 def _in_other_pid_namespaces(cmdline: bytes) -> list[int]:

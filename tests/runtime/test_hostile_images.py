@@ -88,9 +88,7 @@ def loaded_root(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path,
     cli("import", "-c", 'CMD ["/no/such/binary", "--flag"]', tar, NOCMD_REF)
     cli("import", "-c", 'ENTRYPOINT ["/etc"]', tar, DIRCMD_REF)
     yield root
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith((str(root), str(host_dir)))]
-    assert mounted == [], f"mounts left behind: {mounted}"
+    tools.assert_no_mounts_under(root, host_dir)
 
 
 @pytest.fixture(params=RUNTIMES)

@@ -26,9 +26,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path) -> Iter
     path = tmp_path_factory.mktemp("inspect") / "root"
     tools.StrataCLI(path)("load", "-i", busybox_layout)
     yield path
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith(str(path))]
-    assert mounted == [], f"mounts left behind: {mounted}"
+    tools.assert_no_mounts_under(path)
 
 
 @pytest.fixture(params=RUNTIMES)

@@ -35,9 +35,7 @@ def loaded_root(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path,
     cli("load", "-i", busybox_layout)
     cli("load", "-i", debian_layout)
     yield root
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith(str(root))]
-    assert mounted == [], f"mounts left behind: {mounted}"
+    tools.assert_no_mounts_under(root)
 
 
 @pytest.fixture(params=RUNTIMES)
@@ -227,9 +225,7 @@ def userns_root(busybox_layout: Path) -> Iterator[Path]:
     root = base / "root"
     tools.StrataCLI(root)("load", "-i", busybox_layout)
     yield root
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith(str(base))]
-    assert mounted == [], f"mounts left behind: {mounted}"
+    tools.assert_no_mounts_under(base)
     shutil.rmtree(base)
 
 

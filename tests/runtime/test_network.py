@@ -39,9 +39,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, busybox_layout: Path,
     cli("load", "-i", busybox_layout)
     cli("load", "-i", debian_layout)
     yield root
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith(str(root))]
-    assert mounted == [], f"mounts left behind: {mounted}"
+    tools.assert_no_mounts_under(root)
 
 
 @pytest.fixture(params=RUNTIMES)

@@ -30,9 +30,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[
     root = tmp_path_factory.mktemp("nginx") / "root"
     tools.StrataCLI(root)("load", "-i", image.oci_layout)
     yield root
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith(str(root))]
-    assert mounted == [], f"mounts left behind: {mounted}"
+    tools.assert_no_mounts_under(root)
 
 
 @pytest.fixture(params=RUNTIMES)

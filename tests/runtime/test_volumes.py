@@ -48,9 +48,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     store = base / "root"
     tools.StrataCLI(store)("import", "-c", "VOLUME /anon", "-c", 'CMD ["sh"]', tar, IMAGE)
     yield store
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith(str(store))]
-    assert mounted == [], f"mounts left behind: {mounted}"
+    tools.assert_no_mounts_under(store)
 
 
 @pytest.fixture(params=RUNTIMES)

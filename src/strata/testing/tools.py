@@ -569,6 +569,15 @@ def _stop_pid(pid: int, timeout: float) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+
+def assert_no_mounts_under(*paths: Path) -> None:
+    """Fail if a mount point of this mount namespace lies under any of ``paths`` (a test's
+    store root after its containers are gone)."""
+    prefixes = tuple(str(p) for p in paths)
+    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+               if line.split()[4].startswith(prefixes)]
+    assert mounted == [], f"mounts left behind: {mounted}"
+
 def _stop_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM our child, SIGKILL it after ``timeout`` seconds, and reap it."""
     if proc.poll() is None:
